@@ -1,0 +1,285 @@
+"""The Typer app: parse options, build Settings, call one core function, render its result.
+
+No torch logic lives here. Core modules are imported inside the commands, so that ``--help`` and
+``--version`` answer without importing torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+from pydantic import BaseModel
+
+from . import __version__
+from .errors import CifarResnetError
+
+app = typer.Typer(
+    name="cifar-resnet",
+    help="Transfer learning with a torchvision-exact ResNet34 on CIFAR-10 and CIFAR-100.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+R = TypeVar("R", bound=BaseModel)
+
+
+class DeviceName(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class DatasetName(str, Enum):
+    cifar10 = "cifar10"
+    cifar100 = "cifar100"
+    synthetic = "synthetic"
+
+
+class StemName(str, Enum):
+    imagenet = "imagenet"
+    cifar = "cifar"
+
+
+class Conv1Init(str, Enum):
+    adapt = "adapt"
+    reinit = "reinit"
+
+
+class TensorListing(str, Enum):
+    diff = "diff"
+    all = "all"
+
+
+# Shared options, defined once. Every setting defaults to None: only flags the user gives
+# override the environment, the TOML file and the defaults.
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+DeviceOpt = Annotated[
+    Optional[DeviceName], typer.Option("--device", help="auto picks cuda, then mps, then cpu. [default: auto]")
+]
+DatasetOpt = Annotated[
+    Optional[DatasetName],
+    typer.Option("--dataset", help="Dataset the model is for; sets classes and class names. [default: cifar10]"),
+]
+StemOpt = Annotated[
+    Optional[StemName],
+    typer.Option("--stem", help="imagenet: torchvision's 7x7/2 conv + max pool; cifar: 3x3/1 conv, no pool. "
+                               "[default: imagenet]"),  # fmt: skip
+]
+NumClassesOpt = Annotated[
+    Optional[int], typer.Option("--num-classes", help="Head size, 10 or 100. [default: from --dataset]")
+]
+ImageSizeOpt = Annotated[Optional[int], typer.Option("--image-size", help="Input size in pixels, 16-512. [default: 32]")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for every random draw. [default: 0]")]
+
+
+@dataclass
+class State:
+    config: Path | None
+    debug: bool
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cifar-resnet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    config: Annotated[
+        Optional[Path],
+        typer.Option("--config", help="TOML settings file. [default: ./cifar-resnet.toml when it exists]"),
+    ] = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks of known errors (or CIFAR_RESNET_DEBUG=1).")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Transfer learning with a torchvision-exact ResNet34 on CIFAR-10 and CIFAR-100.
+
+    Settings come from flags > CIFAR_RESNET_<SECTION>__<FIELD> environment variables > --config
+    FILE.toml (or ./cifar-resnet.toml) > defaults. Results go to stdout (a table, or JSON with
+    --json); progress, warnings and errors go to stderr.
+    """
+    env_debug = os.environ.get("CIFAR_RESNET_DEBUG", "").lower() in ("1", "true", "yes")
+    ctx.obj = State(config=config, debug=debug or env_debug)
+
+
+def _overrides(flags: dict[str, Any]) -> dict[str, Any]:
+    """``{"model.stem": "cifar", "device": None}`` -> ``{"model": {"stem": "cifar"}}``."""
+    nested: dict[str, Any] = {}
+    for dotted, value in flags.items():
+        if value is None:
+            continue
+        if isinstance(value, Enum):
+            value = value.value
+        *sections, field = dotted.split(".")
+        node = nested
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[field] = value
+    return nested
+
+
+def _run(ctx: typer.Context, flags: dict[str, Any], core: Callable[[Any], R]) -> R:
+    """Resolve the settings and call ``core``; known errors become one line and exit 1."""
+    from .settings import InvalidSettingError, load_settings
+
+    state: State = ctx.obj
+    try:
+        settings = load_settings(state.config, _overrides(flags))
+        return core(settings)
+    except InvalidSettingError as exc:
+        raise typer.BadParameter(exc.message, ctx=ctx) from None
+    except CifarResnetError as exc:
+        _fail(ctx, exc)
+    except KeyboardInterrupt:
+        from . import report
+
+        report.print_error(CifarResnetError("interrupted"))
+        raise typer.Exit(130) from None
+
+
+def _fail(ctx: typer.Context, exc: CifarResnetError) -> None:
+    from . import report
+
+    report.print_error(exc, debug=ctx.obj.debug)
+    raise typer.Exit(exc.exit_code)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    ctx: typer.Context,
+    stem: StemOpt = None,
+    dataset: DatasetOpt = None,
+    num_classes: NumClassesOpt = None,
+    image_size: ImageSizeOpt = None,
+    freeze_backbone: Annotated[
+        Optional[bool],
+        typer.Option("--freeze-backbone/--no-freeze-backbone", help="Show the model as feature extraction "
+                                                                    "trains it (only fc trainable)."),  # fmt: skip
+    ] = None,
+    depth: Annotated[
+        int, typer.Option("--depth", min=1, max=3, help="Table rows: 1 stages, 2 blocks, 3 every layer.")
+    ] = 2,
+    tensors: Annotated[
+        TensorListing,
+        typer.Option("--tensors", help="Tensor comparison: list only differing names, or all of them."),
+    ] = TensorListing.diff,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Print the layer table of our ResNet34 and prove it matches torchvision's.
+
+    Compares every parameter and buffer name and shape with torchvision.models.resnet34, then loads
+    the same random weights into both and compares each stage's output and the logits in eval mode.
+    Exits 1 if any difference exceeds 1e-6.
+
+    Examples:
+
+      cifar-resnet inspect
+
+      cifar-resnet inspect --stem cifar --depth 3
+
+      cifar-resnet inspect --json | jq .max_abs_diff
+    """
+    from . import report
+    from .errors import VerificationError
+    from .inspection import inspect_model
+
+    flags = {
+        "model.stem": stem, "data.dataset": dataset, "model.num_classes": num_classes,
+        "model.image_size": image_size, "train.freeze_backbone": freeze_backbone,
+        "train.seed": seed, "device": device,
+    }  # fmt: skip
+    result = _run(ctx, flags, lambda s: inspect_model(s, depth=depth))
+    report.print_warnings(result.warnings)
+    if json:
+        report.print_json(result)
+    else:
+        report.render_inspect(result, tensors=tensors.value)
+    if not result.passed:
+        _fail(ctx, VerificationError(
+            f"our ResNet34 differs from torchvision's by {result.max_abs_diff:.3g} "
+            f"(tolerance {result.tolerance:g})",
+            "this is a bug in model.py: the two must compute the same numbers",
+        ))  # fmt: skip
+
+
+@app.command("port")
+def port_cmd(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .safetensors file to write.")],
+    weights: Annotated[
+        Optional[str],
+        typer.Option("--weights", help="torchvision weights to download (IMAGENET1K_V1), or 'none' for random "
+                                       "weights (tests and demos). [default: IMAGENET1K_V1]"),  # fmt: skip
+    ] = None,
+    from_file: Annotated[
+        Optional[Path],
+        typer.Option("--from", help="A torchvision ResNet34 state dict (.pth), read with weights_only=True. "
+                                    "Works offline."),  # fmt: skip
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out file.")] = False,
+    dataset: DatasetOpt = None,
+    num_classes: NumClassesOpt = None,
+    stem: StemOpt = None,
+    image_size: ImageSizeOpt = None,
+    conv1_init: Annotated[
+        Optional[Conv1Init],
+        typer.Option("--conv1-init", help="cifar stem: resample the pretrained 7x7 conv1 to 3x3 (adapt) or "
+                                          "re-initialise it (reinit). [default: adapt]"),  # fmt: skip
+    ] = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Port ImageNet-pretrained torchvision ResNet34 weights to a verified .safetensors file.
+
+    The head is replaced for the dataset's classes; with --stem cifar, conv1 is adapted or
+    re-initialised. The backbone is checked against torchvision holding the same source weights,
+    and the file is read back before it is kept. Nothing is written if a check fails.
+
+    Examples:
+
+      cifar-resnet port --out resnet34-cifar10.safetensors
+
+      cifar-resnet port --from resnet34.pth --stem cifar --dataset cifar100 --out w.safetensors
+
+      cifar-resnet port --weights none --dataset synthetic --out random.safetensors
+    """
+    from . import report
+    from .port import port_weights
+
+    if weights is not None and from_file is not None:
+        raise typer.BadParameter("give either --weights or --from, not both", ctx=ctx, param_hint="'--weights' / '--from'")
+    if weights is None and from_file is None:
+        weights = "IMAGENET1K_V1"
+    flags = {
+        "data.dataset": dataset, "model.num_classes": num_classes, "model.stem": stem,
+        "model.image_size": image_size, "model.conv1_init": conv1_init, "train.seed": seed, "device": device,
+    }  # fmt: skip
+    result = _run(ctx, flags, lambda s: port_weights(s, out=out, weights=weights, from_file=from_file, force=force))
+    report.print_warnings(result.warnings)
+    if json:
+        report.print_json(result)
+    else:
+        report.render_port(result)
+
+
+def main() -> None:
+    app(prog_name="cifar-resnet")
