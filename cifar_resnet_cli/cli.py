@@ -72,13 +72,16 @@ DatasetOpt = Annotated[
 ]
 StemOpt = Annotated[
     Optional[StemName],
-    typer.Option("--stem", help="imagenet: torchvision's 7x7/2 conv + max pool; cifar: 3x3/1 conv, no pool. "
-                               "[default: imagenet]"),  # fmt: skip
+    typer.Option(
+        "--stem", help="imagenet: torchvision's 7x7/2 conv + max pool; cifar: 3x3/1 conv, no pool. [default: imagenet]"
+    ),
 ]
 NumClassesOpt = Annotated[
     Optional[int], typer.Option("--num-classes", help="Head size, 10 or 100. [default: from --dataset]")
 ]
-ImageSizeOpt = Annotated[Optional[int], typer.Option("--image-size", help="Input size in pixels, 16-512. [default: 32]")]
+ImageSizeOpt = Annotated[
+    Optional[int], typer.Option("--image-size", help="Input size in pixels, 16-512. [default: 32]")
+]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for every random draw. [default: 0]")]
 
 
@@ -169,8 +172,10 @@ def inspect_cmd(
     image_size: ImageSizeOpt = None,
     freeze_backbone: Annotated[
         Optional[bool],
-        typer.Option("--freeze-backbone/--no-freeze-backbone", help="Show the model as feature extraction "
-                                                                    "trains it (only fc trainable)."),  # fmt: skip
+        typer.Option(
+            "--freeze-backbone/--no-freeze-backbone",
+            help="Show the model as feature extraction trains it (only fc trainable).",
+        ),
     ] = None,
     depth: Annotated[
         int, typer.Option("--depth", min=1, max=3, help="Table rows: 1 stages, 2 blocks, 3 every layer.")
@@ -202,10 +207,14 @@ def inspect_cmd(
     from .inspection import inspect_model
 
     flags = {
-        "model.stem": stem, "data.dataset": dataset, "model.num_classes": num_classes,
-        "model.image_size": image_size, "train.freeze_backbone": freeze_backbone,
-        "train.seed": seed, "device": device,
-    }  # fmt: skip
+        "model.stem": stem,
+        "data.dataset": dataset,
+        "model.num_classes": num_classes,
+        "model.image_size": image_size,
+        "train.freeze_backbone": freeze_backbone,
+        "train.seed": seed,
+        "device": device,
+    }
     result = _run(ctx, flags, lambda s: inspect_model(s, depth=depth))
     report.print_warnings(result.warnings)
     if json:
@@ -213,11 +222,14 @@ def inspect_cmd(
     else:
         report.render_inspect(result, tensors=tensors.value)
     if not result.passed:
-        _fail(ctx, VerificationError(
-            f"our ResNet34 differs from torchvision's by {result.max_abs_diff:.3g} "
-            f"(tolerance {result.tolerance:g})",
-            "this is a bug in model.py: the two must compute the same numbers",
-        ))  # fmt: skip
+        _fail(
+            ctx,
+            VerificationError(
+                f"our ResNet34 differs from torchvision's by {result.max_abs_diff:.3g} "
+                f"(tolerance {result.tolerance:g})",
+                "this is a bug in model.py: the two must compute the same numbers",
+            ),
+        )
 
 
 @app.command("port")
@@ -226,13 +238,17 @@ def port_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="The .safetensors file to write.")],
     weights: Annotated[
         Optional[str],
-        typer.Option("--weights", help="torchvision weights to download (IMAGENET1K_V1), or 'none' for random "
-                                       "weights (tests and demos). [default: IMAGENET1K_V1]"),  # fmt: skip
+        typer.Option(
+            "--weights",
+            help="torchvision weights to download (IMAGENET1K_V1), or 'none' for random "
+            "weights (tests and demos). [default: IMAGENET1K_V1]",
+        ),
     ] = None,
     from_file: Annotated[
         Optional[Path],
-        typer.Option("--from", help="A torchvision ResNet34 state dict (.pth), read with weights_only=True. "
-                                    "Works offline."),  # fmt: skip
+        typer.Option(
+            "--from", help="A torchvision ResNet34 state dict (.pth), read with weights_only=True. Works offline."
+        ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out file.")] = False,
     dataset: DatasetOpt = None,
@@ -241,8 +257,11 @@ def port_cmd(
     image_size: ImageSizeOpt = None,
     conv1_init: Annotated[
         Optional[Conv1Init],
-        typer.Option("--conv1-init", help="cifar stem: resample the pretrained 7x7 conv1 to 3x3 (adapt) or "
-                                          "re-initialise it (reinit). [default: adapt]"),  # fmt: skip
+        typer.Option(
+            "--conv1-init",
+            help="cifar stem: resample the pretrained 7x7 conv1 to 3x3 (adapt) or "
+            "re-initialise it (reinit). [default: adapt]",
+        ),
     ] = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
@@ -266,13 +285,20 @@ def port_cmd(
     from .port import port_weights
 
     if weights is not None and from_file is not None:
-        raise typer.BadParameter("give either --weights or --from, not both", ctx=ctx, param_hint="'--weights' / '--from'")
+        raise typer.BadParameter(
+            "give either --weights or --from, not both", ctx=ctx, param_hint="'--weights' / '--from'"
+        )
     if weights is None and from_file is None:
         weights = "IMAGENET1K_V1"
     flags = {
-        "data.dataset": dataset, "model.num_classes": num_classes, "model.stem": stem,
-        "model.image_size": image_size, "model.conv1_init": conv1_init, "train.seed": seed, "device": device,
-    }  # fmt: skip
+        "data.dataset": dataset,
+        "model.num_classes": num_classes,
+        "model.stem": stem,
+        "model.image_size": image_size,
+        "model.conv1_init": conv1_init,
+        "train.seed": seed,
+        "device": device,
+    }
     result = _run(ctx, flags, lambda s: port_weights(s, out=out, weights=weights, from_file=from_file, force=force))
     report.print_warnings(result.warnings)
     if json:

@@ -110,9 +110,7 @@ def _stage_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]
 
 
 @torch.inference_mode()
-def compare_outputs(
-    ours: nn.Module, reference: nn.Module, x: torch.Tensor, *, logits: bool = True
-) -> list[ParityRow]:
+def compare_outputs(ours: nn.Module, reference: nn.Module, x: torch.Tensor, *, logits: bool = True) -> list[ParityRow]:
     """Run both models in eval mode on ``x``; the max |difference| of every stage (and the logits).
 
     ``logits=False`` compares the backbone only, for models whose heads differ.
@@ -134,9 +132,7 @@ def _layer_rows(model: ResNet, x: torch.Tensor, depth: int) -> tuple[list[LayerR
     for name, module in model.named_modules():
         if name:
             hooks.append(
-                module.register_forward_hook(
-                    lambda _m, _i, out, name=name: shapes.__setitem__(name, list(out.shape))
-                )
+                module.register_forward_hook(lambda _m, _i, out, name=name: shapes.__setitem__(name, list(out.shape)))
             )
     flop_counter = FlopCounterMode(display=False, depth=None)
     try:

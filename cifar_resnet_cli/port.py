@@ -218,7 +218,10 @@ def port_weights(
     source_sd = {k: (v.float() if v.is_floating_point() else v) for k, v in source.state_dict.items()}
 
     mapped, changed = map_torchvision_state_dict(
-        source_sd, stem=stem, num_classes=num_classes, conv1_init=settings.model.conv1_init,
+        source_sd,
+        stem=stem,
+        num_classes=num_classes,
+        conv1_init=settings.model.conv1_init,
         generator=torch.Generator().manual_seed(seed),
     )
     conv1 = next((a.action for a in changed if a.name == "conv1.weight"), "copied")
@@ -270,9 +273,7 @@ def port_weights(
 
     warnings = []
     if not source.pretrained:
-        warnings.append(
-            "--weights none: these weights are RANDOM, NOT PRETRAINED; use them only for tests and demos"
-        )
+        warnings.append("--weights none: these weights are RANDOM, NOT PRETRAINED; use them only for tests and demos")
     if stem == "imagenet" and parity[-2].shape[-1] == 1:  # layer4 is parity[-2]; features last
         warnings.append(
             f"at {size} px the imagenet stem leaves a 1x1 final feature map; consider --stem cifar "

@@ -64,21 +64,35 @@ def render_inspect(result: InspectResult, *, tensors: str = "diff") -> None:
         f"{result.image_size}x{result.image_size} input, {result.device}"
     )
     layers = Table(title=title, title_justify="left")
-    for col, justify in (("layer", "left"), ("type", "left"), ("output", "right"), ("params", "right"),
-                         ("trainable", "left"), ("FLOPs", "right")):  # fmt: skip
+    for col, justify in (
+        ("layer", "left"),
+        ("type", "left"),
+        ("output", "right"),
+        ("params", "right"),
+        ("trainable", "left"),
+        ("FLOPs", "right"),
+    ):
         layers.add_column(col, justify=justify)  # type: ignore[arg-type]
     for row in result.layers:
         indent = "  " * row.name.count(".")
         layers.add_row(
-            indent + row.name, row.type, _shape(row.output_shape), f"{row.params:,}",
-            row.status, _flops(row.flops) if row.flops else "-",
-        )  # fmt: skip
+            indent + row.name,
+            row.type,
+            _shape(row.output_shape),
+            f"{row.params:,}",
+            row.status,
+            _flops(row.flops) if row.flops else "-",
+        )
     frozen = result.total_params - result.trainable_params
     layers.add_section()
     layers.add_row(
-        "total", "", "", f"{result.total_params:,}",
-        f"{result.trainable_params:,}", _flops(result.total_flops),
-    )  # fmt: skip
+        "total",
+        "",
+        "",
+        f"{result.total_params:,}",
+        f"{result.trainable_params:,}",
+        _flops(result.total_flops),
+    )
     out.print(layers)
     out.print(
         f"Trainable {result.trainable_params:,}, frozen {frozen:,}. FLOPs: torch.utils.flop_counter "
@@ -94,9 +108,12 @@ def render_inspect(result: InspectResult, *, tensors: str = "diff") -> None:
     shown = [t for t in result.tensors if tensors == "all" or not t.same]
     for t in shown:
         names.add_row(
-            t.name, t.kind, _shape(t.ours), _shape(t.torchvision),
+            t.name,
+            t.kind,
+            _shape(t.ours),
+            _shape(t.torchvision),
             Text("same", style="green") if t.same else Text("differs", style="bold yellow"),
-        )  # fmt: skip
+        )
     if shown:
         out.print(names)
     out.print(
@@ -131,8 +148,9 @@ def render_port(result: PortResult) -> None:
     source_style = "green" if result.pretrained else "bold red"
     table.add_row("source", Text(result.source, style=source_style))
     table.add_row("source sha256", result.source_sha256)
-    table.add_row("target", f"{result.dataset}, {result.num_classes} classes, {result.stem} stem, "
-                            f"{result.image_size} px")  # fmt: skip
+    table.add_row(
+        "target", f"{result.dataset}, {result.num_classes} classes, {result.stem} stem, {result.image_size} px"
+    )
     table.add_row("tensors copied", str(result.copied))
     for action in result.changed:
         table.add_row(
@@ -144,5 +162,8 @@ def render_port(result: PortResult) -> None:
     table.add_row("output size", f"{result.output_bytes / 2**20:.1f} MiB")
     table.add_row("round trip", f"reloaded into a fresh model: logits max |diff| {result.roundtrip_max_abs_diff:g}")
     out.print(table)
-    render_parity(result.parity, result.tolerance,
-                  f"Backbone parity with torchvision holding the source weights ({result.device})")  # fmt: skip
+    render_parity(
+        result.parity,
+        result.tolerance,
+        f"Backbone parity with torchvision holding the source weights ({result.device})",
+    )

@@ -177,9 +177,9 @@ def load_settings(config: Path | None = None, overrides: dict[str, Any] | None =
         else:
             value = err.get("input")
             shown = "" if isinstance(value, dict) else f" = {value!r}"
-            message = (
-                f"{flag}{shown} {where}: {err['msg']} (set with {flag}, {env} or {toml} in TOML)"
-            ).replace("  ", " ")
+            message = (f"{flag}{shown} {where}: {err['msg']} (set with {flag}, {env} or {toml} in TOML)").replace(
+                "  ", " "
+            )
         raise InvalidSettingError(message, option=flag) from None
     finally:
         _toml_file.reset(token)

@@ -171,8 +171,7 @@ def model_from_tensors(
     problems = state_dict_differences(expected, tensors)
     if problems:
         raise CheckpointError(
-            f"{path} does not match a {meta.stem}-stem ResNet34 with {meta.num_classes} classes: "
-            + "; ".join(problems)
+            f"{path} does not match a {meta.stem}-stem ResNet34 with {meta.num_classes} classes: " + "; ".join(problems)
         )
     model.load_state_dict(tensors)
     return model
