@@ -64,25 +64,25 @@ class TensorListing(str, Enum):
 # override the environment, the TOML file and the defaults.
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 DeviceOpt = Annotated[
-    Optional[DeviceName], typer.Option("--device", help="auto picks cuda, then mps, then cpu. [default: auto]")
+    Optional[DeviceName], typer.Option("--device", help="auto picks cuda, then mps, then cpu. (default: auto)")
 ]
 DatasetOpt = Annotated[
     Optional[DatasetName],
-    typer.Option("--dataset", help="Dataset the model is for; sets classes and class names. [default: cifar10]"),
+    typer.Option("--dataset", help="Dataset the model is for; sets classes and class names. (default: cifar10)"),
 ]
 StemOpt = Annotated[
     Optional[StemName],
     typer.Option(
-        "--stem", help="imagenet: torchvision's 7x7/2 conv + max pool; cifar: 3x3/1 conv, no pool. [default: imagenet]"
+        "--stem", help="imagenet: torchvision's 7x7/2 conv + max pool; cifar: 3x3/1 conv, no pool. (default: imagenet)"
     ),
 ]
 NumClassesOpt = Annotated[
-    Optional[int], typer.Option("--num-classes", help="Head size, 10 or 100. [default: from --dataset]")
+    Optional[int], typer.Option("--num-classes", help="Head size, 10 or 100. (default: from --dataset)")
 ]
 ImageSizeOpt = Annotated[
-    Optional[int], typer.Option("--image-size", help="Input size in pixels, 16-512. [default: 32]")
+    Optional[int], typer.Option("--image-size", help="Input size in pixels, 16-512. (default: 32)")
 ]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for every random draw. [default: 0]")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for every random draw. (default: 0)")]
 
 
 @dataclass
@@ -102,7 +102,7 @@ def main_callback(
     ctx: typer.Context,
     config: Annotated[
         Optional[Path],
-        typer.Option("--config", help="TOML settings file. [default: ./cifar-resnet.toml when it exists]"),
+        typer.Option("--config", help="TOML settings file. (default: ./cifar-resnet.toml when it exists)"),
     ] = None,
     debug: Annotated[
         bool, typer.Option("--debug", help="Show tracebacks of known errors (or CIFAR_RESNET_DEBUG=1).")
@@ -241,7 +241,7 @@ def port_cmd(
         typer.Option(
             "--weights",
             help="torchvision weights to download (IMAGENET1K_V1), or 'none' for random "
-            "weights (tests and demos). [default: IMAGENET1K_V1]",
+            "weights (tests and demos). (default: IMAGENET1K_V1)",
         ),
     ] = None,
     from_file: Annotated[
@@ -260,7 +260,7 @@ def port_cmd(
         typer.Option(
             "--conv1-init",
             help="cifar stem: resample the pretrained 7x7 conv1 to 3x3 (adapt) or "
-            "re-initialise it (reinit). [default: adapt]",
+            "re-initialise it (reinit). (default: adapt)",
         ),
     ] = None,
     seed: SeedOpt = None,

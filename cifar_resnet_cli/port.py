@@ -122,7 +122,8 @@ def read_torchvision_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types for a bad file; all mean the same here
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else ""
+        reason = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint ({reason})",
             "pass a .pth file saved with torch.save(model.state_dict(), path)",

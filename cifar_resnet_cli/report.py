@@ -27,7 +27,9 @@ def _flops(n: int) -> str:
 
 
 def _shape(shape: list[int] | None) -> str:
-    return "-" if shape is None else "x".join(map(str, shape))
+    if shape is None:
+        return "-"
+    return "x".join(map(str, shape)) if shape else "scalar"
 
 
 def _diff(value: float, tolerance: float) -> Text:
@@ -100,7 +102,7 @@ def render_inspect(result: InspectResult, *, tensors: str = "diff") -> None:
     )
 
     names = Table(title="Parameters and buffers against torchvision.models.resnet34", title_justify="left")
-    names.add_column("tensor")
+    names.add_column("tensor", overflow="fold")
     names.add_column("kind")
     names.add_column("ours", justify="right")
     names.add_column("torchvision", justify="right")

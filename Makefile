@@ -1,0 +1,28 @@
+# The README's commands. Each creates .venv and installs the package into it when missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint docs clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)  ## the main job end to end, offline
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
+
+test: $(STAMP)  ## the test suite (CPU, a few minutes)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+docs: $(STAMP)  ## regenerate the README's CLI reference from --help
+	$(BIN)/python scripts/cli_reference.py
+
+clean:
+	rm -rf demo-out .pytest_cache .ruff_cache

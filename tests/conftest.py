@@ -1,0 +1,72 @@
+"""Shared fixtures: random-initialised torchvision checkpoints saved as real .pth files, a CLI runner."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from typer.testing import CliRunner
+
+from cifar_resnet_cli.cli import app
+from cifar_resnet_cli.inspection import randomise_batchnorm
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test reads the user's environment, ./cifar-resnet.toml or torch hub cache."""
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("CIFAR_RESNET_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.chdir(tmp_path)
+
+
+def _save_torchvision(arch: str, path: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, arch)(weights=None)
+    randomise_batchnorm(model, torch.Generator().manual_seed(seed))  # non-trivial BN statistics
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def resnet34_pth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-initialised torchvision ResNet34 (1000 classes) saved as a real .pth state dict."""
+    return _save_torchvision("resnet34", tmp_path_factory.mktemp("pth") / "resnet34.pth", seed=1)
+
+
+@pytest.fixture(scope="session")
+def resnet18_pth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _save_torchvision("resnet18", tmp_path_factory.mktemp("pth") / "resnet18.pth", seed=2)
+
+
+def squash(text: str) -> str:
+    """Rich's help and error panels wrap text: drop the box drawing and join the lines."""
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+
+class Cli:
+    """Runs the Typer app in-process, stdout and stderr kept apart."""
+
+    def __init__(self) -> None:
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str | Path, env: dict[str, str] | None = None):
+        result = self.runner.invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
+        result.err = squash(result.stderr)  # stderr as one line, for substring checks
+        return result
+
+    def json(self, *args: str | Path, env: dict[str, str] | None = None) -> dict:
+        result = self(*args, "--json", env=env)
+        assert result.exit_code == 0, result.stderr
+        return json.loads(result.stdout)
+
+
+@pytest.fixture
+def cli() -> Cli:
+    return Cli()

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cifar_resnet_cli import __version__
+from cifar_resnet_cli.inspection import InspectResult
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("command", [[], ["inspect"], ["port"]])
+def test_help_for_every_command(cli, command: list[str]) -> None:
+    result = cli(*command, "--help")
+    assert result.exit_code == 0
+    assert "Usage: cifar-resnet" in result.stdout
+    if command:
+        assert "Examples" in result.stdout and "--json" in result.stdout
+
+
+def test_version(cli) -> None:
+    result = cli("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"cifar-resnet {__version__}"
+
+
+def test_python_dash_m_entry_point() -> None:
+    proc = subprocess.run([sys.executable, "-m", "cifar_resnet_cli", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"cifar-resnet {__version__}"
+
+
+def test_inspect_json_is_pure_json_and_parses_into_its_model(cli) -> None:
+    result = cli("inspect", "--json")
+    assert result.exit_code == 0
+    parsed = InspectResult.model_validate_json(result.stdout)
+    assert parsed.max_abs_diff == 0.0 and parsed.passed
+    assert "1x1" in result.stderr  # warnings go to stderr, not into the JSON stream
+    assert json.loads(result.stdout)["warnings"] == parsed.warnings
+
+
+def test_inspect_table_on_stdout(cli) -> None:
+    result = cli("inspect", "--stem", "cifar", "--tensors", "all")
+    assert result.exit_code == 0
+    assert "layer4.2" in result.stdout and "PASS" in result.stdout
+    assert "conv1.weight" in result.stdout and "layer4.2.bn2.running_var" in result.stdout
+
+
+def test_device_cuda_without_cuda_is_one_clear_line(cli) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = cli("inspect", "--device", "cuda")
+    assert result.exit_code == 1
+    assert result.stderr.strip().startswith("Error: --device cuda") and "--device cpu" in result.stderr
+
+
+def test_debug_shows_the_traceback(cli, tmp_path: Path) -> None:
+    quiet = cli("port", "--from", tmp_path / "nope.pth", "--out", tmp_path / "w.safetensors")
+    loud = cli("port", "--from", tmp_path / "nope.pth", "--out", tmp_path / "w.safetensors",
+               env={"CIFAR_RESNET_DEBUG": "1"})  # fmt: skip
+    assert quiet.exit_code == loud.exit_code == 1
+    assert "Traceback" not in quiet.stderr and "Traceback" in loud.stderr
+    assert "Traceback" in cli("--debug", "port", "--from", tmp_path / "nope.pth", "--out", tmp_path / "w").stderr
+
+
+def test_readme_cli_reference_matches_help() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIFAR_RESNET_")}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "cli_reference.py"), "--check"],
+        capture_output=True, text=True, cwd=ROOT, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
