@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
@@ -32,30 +32,30 @@ app = typer.Typer(
 R = TypeVar("R", bound=BaseModel)
 
 
-class DeviceName(str, Enum):
+class DeviceName(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
     mps = "mps"
 
 
-class DatasetName(str, Enum):
+class DatasetName(StrEnum):
     cifar10 = "cifar10"
     cifar100 = "cifar100"
     synthetic = "synthetic"
 
 
-class StemName(str, Enum):
+class StemName(StrEnum):
     imagenet = "imagenet"
     cifar = "cifar"
 
 
-class Conv1Init(str, Enum):
+class Conv1Init(StrEnum):
     adapt = "adapt"
     reinit = "reinit"
 
 
-class TensorListing(str, Enum):
+class TensorListing(StrEnum):
     diff = "diff"
     all = "all"
 

@@ -9,11 +9,11 @@ environment ``CIFAR_RESNET_<SECTION>__<FIELD>`` > ``--config FILE.toml`` or ``./
 from __future__ import annotations
 
 import os
+import tomllib
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from cifar_resnet_cli.cli import app
 from cifar_resnet_cli.inspection import randomise_batchnorm
 
+
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test reads the user's environment, ./cifar-resnet.toml or torch hub cache."""

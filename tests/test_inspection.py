@@ -49,9 +49,13 @@ def test_layer_table_shapes_params_and_flops() -> None:
     assert rows["maxpool"].output_shape == [1, 64, 56, 56]
     assert rows["layer4.2"].output_shape == [1, 512, 7, 7]
     assert rows["fc"].params == 512 * 10 + 10
-    assert sum(rows[f"layer{i}"].params for i in range(1, 5)) + rows["conv1"].params + rows["bn1"].params + rows[
-        "fc"
-    ].params == result.total_params
+    assert (
+        sum(rows[f"layer{i}"].params for i in range(1, 5))
+        + rows["conv1"].params
+        + rows["bn1"].params
+        + rows["fc"].params
+        == result.total_params
+    )
     # The reference count: torch's FLOP counter on torchvision's own model, ~3.67 GMACs.
     ref = torchvision.models.resnet34(weights=None, num_classes=10).eval()
     with FlopCounterMode(display=False) as counter, torch.inference_mode():

@@ -29,7 +29,7 @@ def test_port_round_trip_from_pth(cli, resnet34_pth: Path, tmp_path: Path) -> No
 
     # Every backbone tensor is the source's, bit for bit.
     source = torch.load(resnet34_pth, weights_only=True)
-    model, meta = load_model(out)
+    model, _ = load_model(out)
     for name, tensor in model.state_dict().items():
         if not name.startswith("fc."):
             assert torch.equal(tensor, source[name]), name

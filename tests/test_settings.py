@@ -95,7 +95,7 @@ def test_example_toml_lists_every_setting_with_its_default() -> None:
     data = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
     text = EXAMPLE.read_text(encoding="utf-8")
     defaults = Settings()
-    for name, field in Settings.model_fields.items():
+    for name in Settings.model_fields:
         section = getattr(defaults, name)
         if isinstance(section, BaseModel):
             assert f"[{name}]" in text
