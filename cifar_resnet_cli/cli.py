@@ -137,13 +137,20 @@ def _overrides(flags: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def _run(ctx: typer.Context, flags: dict[str, Any], core: Callable[[Any], R]) -> R:
+def _run(
+    ctx: typer.Context,
+    flags: dict[str, Any],
+    core: Callable[[Any], R],
+    *,
+    settings_factory: Callable[[dict[str, Any]], Any] | None = None,
+) -> R:
     """Resolve the settings and call ``core``; known errors become one line and exit 1."""
     from .settings import InvalidSettingError, load_settings
 
     state: State = ctx.obj
     try:
-        settings = load_settings(state.config, _overrides(flags))
+        overrides = _overrides(flags)
+        settings = settings_factory(overrides) if settings_factory else load_settings(state.config, overrides)
         return core(settings)
     except InvalidSettingError as exc:
         raise typer.BadParameter(exc.message, ctx=ctx) from None
@@ -305,6 +312,260 @@ def port_cmd(
         report.print_json(result)
     else:
         report.render_port(result)
+
+
+class InitChoice(StrEnum):
+    imagenet = "imagenet"
+    none = "none"
+
+
+class Optim(StrEnum):
+    sgd = "sgd"
+    adamw = "adamw"
+
+
+class Schedule(StrEnum):
+    cosine = "cosine"
+    onecycle = "onecycle"
+    step = "step"
+    multistep = "multistep"
+    constant = "constant"
+
+
+class Amp(StrEnum):
+    off = "off"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Split(StrEnum):
+    test = "test"
+    val = "val"
+
+
+DataDirOpt = Annotated[
+    Optional[Path], typer.Option("--data-dir", help="Dataset folder. (default: ~/.cache/cifar-resnet/data)")
+]
+DownloadOpt = Annotated[
+    Optional[bool],
+    typer.Option("--download/--no-download", help="Download CIFAR through torchvision if missing. (default: on)"),
+]
+ValSizeOpt = Annotated[
+    Optional[int], typer.Option("--val-size", help="Training images held out for validation. (default: 5000)")
+]
+
+
+def _opt(flag: str, help: str, **kw: Any) -> Any:
+    return typer.Option(flag, help=help, **kw)
+
+
+@app.command("train")
+def train_cmd(
+    ctx: typer.Context,
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = None,
+    val_size: ValSizeOpt = None,
+    synthetic_size: Annotated[
+        Optional[int], _opt("--synthetic-size", "Synthetic training images. (default: 10000)")
+    ] = None,
+    init: Annotated[
+        Optional[str],
+        _opt(
+            "--init",
+            "imagenet (ImageNet weights, ported on the fly and cached), none (from scratch), or "
+            "FILE.safetensors from `port`. (default: imagenet)",
+        ),
+    ] = None,
+    stem: StemOpt = None,
+    image_size: ImageSizeOpt = None,
+    freeze_backbone: Annotated[
+        Optional[bool],
+        _opt(
+            "--freeze-backbone/--fine-tune",
+            "Feature extraction (only fc trains, BatchNorm statistics fixed) or "
+            "fine-tuning of every layer. (default: fine-tune)",
+        ),
+    ] = None,
+    backbone_lr_scale: Annotated[
+        Optional[float], _opt("--backbone-lr-scale", "Backbone learning rate = lr x this. (default: 1.0)")
+    ] = None,
+    epochs: Annotated[
+        Optional[int], _opt("--epochs", "Epochs in all (raise it on --resume to train longer). (default: 10)")
+    ] = None,
+    batch_size: Annotated[Optional[int], _opt("--batch-size", "Images per optimisation step. (default: 128)")] = None,
+    lr: Annotated[Optional[float], _opt("--lr", "Peak learning rate. (default: 0.05)")] = None,
+    optimizer: Annotated[Optional[Optim], _opt("--optimizer", "SGD with momentum, or AdamW. (default: sgd)")] = None,
+    momentum: Annotated[Optional[float], _opt("--momentum", "SGD momentum / AdamW beta1. (default: 0.9)")] = None,
+    nesterov: Annotated[Optional[bool], _opt("--nesterov/--no-nesterov", "Nesterov momentum. (default: on)")] = None,
+    weight_decay: Annotated[
+        Optional[float], _opt("--weight-decay", "Not applied to BatchNorm and biases. (default: 5e-4)")
+    ] = None,
+    schedule: Annotated[
+        Optional[Schedule], _opt("--schedule", "Learning-rate schedule, stepped per iteration. (default: cosine)")
+    ] = None,
+    warmup_epochs: Annotated[Optional[float], _opt("--warmup-epochs", "Linear warm-up. (default: 0)")] = None,
+    step_size: Annotated[Optional[int], _opt("--step-size", "step: epochs per decay. (default: epochs/3)")] = None,
+    milestones: Annotated[
+        Optional[str], _opt("--milestones", "multistep: epochs, e.g. 30,60,80. (default: 50%,75%)")
+    ] = None,
+    gamma: Annotated[Optional[float], _opt("--gamma", "step/multistep decay factor. (default: 0.1)")] = None,
+    augment: Annotated[
+        Optional[bool], _opt("--augment/--no-augment", "Random crop (4 px padding) and flip. (default: on)")
+    ] = None,
+    cutmix: Annotated[Optional[float], _opt("--cutmix", "CutMix Beta alpha, e.g. 1.0; 0 = off. (default: 0)")] = None,
+    mixup: Annotated[Optional[float], _opt("--mixup", "MixUp Beta alpha, e.g. 0.2; 0 = off. (default: 0)")] = None,
+    mix_prob: Annotated[Optional[float], _opt("--mix-prob", "Probability a batch is mixed. (default: 1.0)")] = None,
+    label_smoothing: Annotated[Optional[float], _opt("--label-smoothing", "e.g. 0.1. (default: 0)")] = None,
+    amp: Annotated[Optional[Amp], _opt("--amp", "Autocast: bf16 (CPU, CUDA) or fp16 (CUDA). (default: off)")] = None,
+    channels_last: Annotated[Optional[bool], _opt("--channels-last/--no-channels-last", "NHWC memory format.")] = None,
+    compile: Annotated[Optional[bool], _opt("--compile/--no-compile", "torch.compile the model.")] = None,
+    deterministic: Annotated[
+        Optional[bool], _opt("--deterministic/--no-deterministic", "torch.use_deterministic_algorithms.")
+    ] = None,
+    limit_batches: Annotated[Optional[int], _opt("--limit-batches", "At most this many steps per epoch.")] = None,
+    cache_features: Annotated[
+        Optional[bool],
+        _opt(
+            "--cache-features/--no-cache-features",
+            "Frozen backbone without augmentation: compute features once. (default: on)",
+        ),
+    ] = None,
+    seed: SeedOpt = None,
+    runs_dir: Annotated[Optional[Path], _opt("--runs-dir", "Where run directories go. (default: runs)")] = None,
+    name: Annotated[Optional[str], _opt("--name", "Run directory name, auto-numbered. (default: train)")] = None,
+    resume: Annotated[
+        Optional[Path],
+        _opt("--resume", "Continue RUN_DIR exactly where it stopped (only --epochs and --device may change)."),
+    ] = None,
+    device: DeviceOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Train the ResNet34 on CIFAR: feature extraction (--freeze-backbone) or fine-tuning.
+
+    Writes a run directory (settings.json, metrics.jsonl, best/last .safetensors, resume state,
+    summary.json). The best checkpoint is chosen on the validation split; the test set is scored
+    once at the end. Ctrl-C saves a resumable state after the current step.
+
+    Examples:
+
+      cifar-resnet train --dataset cifar10 --freeze-backbone
+
+      cifar-resnet train --dataset cifar100 --stem cifar --image-size 32 --cutmix 1.0 --epochs 30
+
+      cifar-resnet train --dataset synthetic --init none --epochs 2 --val-size 1000
+
+      cifar-resnet train --resume runs/train --epochs 20
+    """
+    from . import report
+    from .train import settings_for_resume, train
+
+    parsed_milestones = None
+    if milestones is not None:
+        try:
+            parsed_milestones = [int(m) for m in milestones.split(",") if m.strip()]
+        except ValueError:
+            raise typer.BadParameter(
+                f"{milestones!r}: give epochs like 30,60,80", param_hint="'--milestones'"
+            ) from None
+    flags = {
+        "data.dataset": dataset,
+        "data.data_dir": data_dir,
+        "data.download": download,
+        "data.val_size": val_size,
+        "data.synthetic_size": synthetic_size,
+        "train.init": init,
+        "model.stem": stem,
+        "model.image_size": image_size,
+        "train.freeze_backbone": freeze_backbone,
+        "train.backbone_lr_scale": backbone_lr_scale,
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "train.lr": lr,
+        "train.optimizer": optimizer,
+        "train.momentum": momentum,
+        "train.nesterov": nesterov,
+        "train.weight_decay": weight_decay,
+        "train.schedule": schedule,
+        "train.warmup_epochs": warmup_epochs,
+        "train.step_size": step_size,
+        "train.milestones": parsed_milestones,
+        "train.gamma": gamma,
+        "train.augment": augment,
+        "train.cutmix": cutmix,
+        "train.mixup": mixup,
+        "train.mix_prob": mix_prob,
+        "train.label_smoothing": label_smoothing,
+        "train.amp": amp,
+        "train.channels_last": channels_last,
+        "train.compile": compile,
+        "train.deterministic": deterministic,
+        "train.limit_batches": limit_batches,
+        "train.cache_features": cache_features,
+        "train.seed": seed,
+        "train.runs_dir": runs_dir,
+        "train.name": name,
+        "device": device,
+    }
+    progress = None if json else report.TrainProgressBar()
+    factory = (lambda o: settings_for_resume(resume, o)) if resume is not None else None
+    result = _run(ctx, flags, lambda s: train(s, progress, resume=resume), settings_factory=factory)
+    report.print_warnings(result.warnings)
+    if json:
+        report.print_json(result)
+    else:
+        report.render_train(result)
+
+
+@app.command("eval")
+def eval_cmd(
+    ctx: typer.Context,
+    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint (from train or port).")],
+    dataset: Annotated[
+        Optional[DatasetName], typer.Option("--dataset", help="Dataset to evaluate on. (default: the checkpoint's)")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = None,
+    split: Annotated[
+        Optional[Split], _opt("--split", "test, or the validation split held out in training. (default: test)")
+    ] = None,
+    batch_size: Annotated[Optional[int], _opt("--batch-size", "Images per batch. (default: 512)")] = None,
+    tta: Annotated[Optional[bool], _opt("--tta/--no-tta", "Average with the mirrored image. (default: off)")] = None,
+    confusion: Annotated[Optional[Path], _opt("--confusion", "Write the confusion matrix to this CSV file.")] = None,
+    device: DeviceOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Measure a checkpoint: top-1, top-5, loss, per-class accuracy, confusion matrix.
+
+    Normalisation and input size come from the checkpoint's metadata; its classes must fit the
+    dataset. --split val uses the validation split the checkpoint was selected on.
+
+    Examples:
+
+      cifar-resnet eval runs/train/best.safetensors
+
+      cifar-resnet eval runs/train/best.safetensors --tta --confusion confusion.csv
+
+      cifar-resnet eval runs/train/best.safetensors --json | jq .top1
+    """
+    from . import report
+    from .evaluate import evaluate_checkpoint
+
+    flags = {
+        "data.dataset": dataset,
+        "data.data_dir": data_dir,
+        "data.download": download,
+        "eval.split": split,
+        "eval.batch_size": batch_size,
+        "eval.tta": tta,
+        "device": device,
+    }
+    result = _run(ctx, flags, lambda s: evaluate_checkpoint(s, checkpoint, confusion=confusion))
+    report.print_warnings(result.warnings)
+    if json:
+        report.print_json(result)
+    else:
+        report.render_eval(result)
 
 
 def main() -> None:

@@ -169,3 +169,116 @@ def render_port(result: PortResult) -> None:
         result.tolerance,
         f"Backbone parity with torchvision holding the source weights ({result.device})",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# train and eval
+# ---------------------------------------------------------------------------------------------
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+class TrainProgressBar:
+    """Rich progress on stderr: one bar per epoch (loss, top-1, lr, images/s, ETA), a line per epoch."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  top-1 {task.fields[top1]:.1%}  lr {task.fields[lr]:.2e}"
+                       "  {task.fields[ips]:.0f} img/s"),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+        )  # fmt: skip
+        self._task = None
+        self._label = ""
+        self._epochs = 0
+
+    def start(self, *, run_dir: str, epochs: int, first_epoch: int, steps: int) -> None:
+        self._epochs = epochs
+        err.print(f"[bold]run[/bold] {run_dir}: epochs {first_epoch}..{epochs}, {steps} steps each")
+        err.print(f"{'epoch':>5} {'lr':>9} {'train loss':>10} {'train top-1':>11} {'val loss':>9} "
+                  f"{'val top-1':>9} {'img/s':>7} {'time':>7}")  # fmt: skip
+        self._progress.start()
+
+    def step(self, *, epoch: int, step: int, steps: int, loss: float, top1: float, lr: float, ips: float) -> None:
+        label = f"{epoch}/{self._epochs}"
+        if self._task is None or self._label != label:
+            if self._task is not None:
+                self._progress.remove_task(self._task)
+            self._label = label
+            self._task = self._progress.add_task("", total=steps, epoch=label, loss=loss, top1=top1, lr=lr, ips=ips)
+        self._progress.update(self._task, completed=step, loss=loss, top1=top1, lr=lr, ips=ips)
+
+    def epoch_end(self, m) -> None:
+        val_loss = "-" if m.val_loss is None else f"{m.val_loss:.4f}"
+        star = " *" if m.best else ""
+        self._progress.console.print(
+            f"{m.epoch:>5} {m.lr:>9.2e} {m.train_loss:>10.4f} {_pct(m.train_top1):>11} {val_loss:>9} "
+            f"{_pct(m.val_top1):>9} {m.images_per_s:>7.0f} {m.epoch_time_s:>6.1f}s{star}",
+            highlight=False,
+        )
+
+    def note(self, message: str) -> None:
+        self._progress.console.print(Text(message, style="yellow"))
+
+    def stop(self) -> None:
+        self._progress.stop()
+
+
+def render_train(result) -> None:
+    table = Table(title=f"Training run {result.run_dir}", title_justify="left")
+    for col in ("epoch", "lr", "train loss", "train top-1", "val loss", "val top-1", "val top-5", "img/s", "time"):
+        table.add_column(col, justify="right")
+    for m in result.history:
+        table.add_row(
+            f"{m.epoch}{' *' if m.best else ''}", f"{m.lr:.2e}", f"{m.train_loss:.4f}", _pct(m.train_top1),
+            "-" if m.val_loss is None else f"{m.val_loss:.4f}", _pct(m.val_top1), _pct(m.val_top5),
+            f"{m.images_per_s:.0f}", f"{m.epoch_time_s:.1f} s",
+        )  # fmt: skip
+    out.print(table)
+    summary = Table(show_header=False, title="Summary (* = best on validation)", title_justify="left")
+    summary.add_column("what")
+    summary.add_column("value")
+    data = f"{result.dataset}{' (SYNTHETIC)' if result.synthetic else ''}: {result.train_images} train, "
+    data += f"{result.val_images} val, {result.test_images} test"
+    summary.add_row("data", data)
+    summary.add_row("mode", f"{result.mode} from {result.init}")
+    if result.feature_cache_note:
+        summary.add_row("feature cache", result.feature_cache_note)
+    summary.add_row("best validation top-1", f"{_pct(result.best_val_top1)} (epoch {result.best_epoch})")
+    summary.add_row("test top-1 / top-5", f"{_pct(result.test_top1)} / {_pct(result.test_top5)} "
+                                          f"(best checkpoint, loss {result.test_loss:.4f})")  # fmt: skip
+    summary.add_row("time", f"{result.train_time_s:.1f} s training, {result.total_time_s:.1f} s in all")
+    summary.add_row("throughput", f"{result.images_per_s:.0f} images/s ({result.device})")
+    summary.add_row("checkpoints", f"{result.run_dir}/best.safetensors, last.safetensors")
+    out.print(summary)
+
+
+def render_eval(result) -> None:
+    per = Table(title=f"{result.checkpoint} on {result.dataset} {result.split} ({result.images} images)",
+                title_justify="left")  # fmt: skip
+    per.add_column("class")
+    per.add_column("correct", justify="right")
+    per.add_column("images", justify="right")
+    per.add_column("accuracy", justify="right")
+    for c in result.per_class:
+        per.add_row(c.name, str(c.correct), str(c.total), _pct(c.accuracy))
+    out.print(per)
+    summary = Table(show_header=False)
+    summary.add_column("what")
+    summary.add_column("value")
+    summary.add_row("top-1", _pct(result.top1))
+    summary.add_row("top-5", _pct(result.top5))
+    summary.add_row("loss", f"{result.loss:.4f}")
+    summary.add_row("flip TTA", "on" if result.tta else "off")
+    summary.add_row("speed", f"{result.images_per_s:.0f} images/s, {result.time_s:.2f} s ({result.device})")
+    if result.confusion_csv:
+        summary.add_row("confusion matrix", result.confusion_csv)
+    out.print(summary)

@@ -30,6 +30,7 @@ DEFAULT_CONFIG = Path("cifar-resnet.toml")
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
 _toml_file: ContextVar[Path | None] = ContextVar("cifar_resnet_toml_file", default=None)
+_init_only: ContextVar[bool] = ContextVar("cifar_resnet_init_only", default=False)
 
 
 class _Section(BaseModel):
@@ -38,9 +39,14 @@ class _Section(BaseModel):
 
 
 class DataSettings(_Section):
-    """Which dataset the model is for."""
+    """Which dataset, where it lives, and how the validation split is held out."""
 
     dataset: Dataset = Field("cifar10", description="cifar10, cifar100 or synthetic (offline stand-in)")
+    data_dir: Path | None = Field(None, description="dataset folder; default ~/.cache/cifar-resnet/data")
+    download: bool = Field(True, description="download CIFAR through torchvision when it is missing")
+    val_size: int = Field(5000, ge=0, le=1_000_000, description="training images held out for validation")
+    split_seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the train/validation split")
+    synthetic_size: int = Field(10_000, ge=100, le=200_000, description="synthetic training images")
 
 
 class ModelSettings(_Section):
@@ -60,10 +66,45 @@ class ModelSettings(_Section):
 
 
 class TrainSettings(_Section):
-    """Training options used so far: the seed and feature extraction."""
+    """Training: initialisation, mode, optimisation, augmentation, speed, output."""
 
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed for every random draw (head init, inputs)")
+    init: str = Field("imagenet", description="imagenet (ported and cached), none (scratch), or FILE.safetensors")
     freeze_backbone: bool = Field(False, description="feature extraction: train only fc, backbone frozen")
+    backbone_lr_scale: float = Field(1.0, gt=0, le=10, description="backbone learning rate = lr x this")
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(128, ge=1, le=65_536, description="images per optimisation step")
+    lr: float = Field(0.05, gt=0, le=10, description="peak learning rate")
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (AdamW beta1)")
+    nesterov: bool = Field(True, description="Nesterov momentum (SGD)")
+    weight_decay: float = Field(5e-4, ge=0, le=1, description="not applied to BatchNorm and biases")
+    schedule: Literal["cosine", "onecycle", "step", "multistep", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0, le=1000, description="linear warm-up, stepped per iteration")
+    step_size: int | None = Field(None, ge=1, description="step schedule: epochs per decay (default epochs/3)")
+    milestones: list[int] | None = Field(None, description="multistep schedule: epochs (default 50%, 75%)")
+    gamma: float = Field(0.1, gt=0, le=1, description="step/multistep decay factor")
+    augment: bool = Field(True, description="random crop (4 px padding) and horizontal flip")
+    cutmix: float = Field(0.0, ge=0, le=4, description="CutMix Beta alpha; 0 = off")
+    mixup: float = Field(0.0, ge=0, le=4, description="MixUp Beta alpha; 0 = off")
+    mix_prob: float = Field(1.0, ge=0, le=1, description="probability that a batch is mixed")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    amp: Literal["off", "bf16", "fp16"] = Field("off", description="autocast: bf16 (CPU/CUDA), fp16 (CUDA)")
+    channels_last: bool = False
+    compile: bool = Field(False, description="torch.compile the model")
+    deterministic: bool = Field(False, description="torch.use_deterministic_algorithms")
+    limit_batches: int | None = Field(None, ge=1, description="at most this many steps per epoch")
+    cache_features: bool = Field(True, description="frozen backbone, no augmentation: compute features once")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed for every random draw")
+    runs_dir: Path = Field(Path("runs"), description="where run directories are made")
+    name: str | None = Field(None, description="run directory name (auto-numbered); default train")
+
+
+class EvalSettings(_Section):
+    """Evaluation of a checkpoint."""
+
+    split: Literal["test", "val"] = "test"
+    batch_size: int = Field(512, ge=1, le=65_536)
+    tta: bool = Field(False, description="average the predictions of the image and its mirror")
 
 
 class ExportSettings(_Section):
@@ -85,6 +126,7 @@ class Settings(BaseSettings):
     data: DataSettings = Field(default_factory=DataSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
     bench: BenchSettings = Field(default_factory=BenchSettings)
 
@@ -96,6 +138,13 @@ class Settings(BaseSettings):
                 f"num_classes {self.model.num_classes} does not fit dataset {self.data.dataset}, "
                 f"which has {' or '.join(map(str, allowed))} classes"
             )
+        t = self.train
+        if t.milestones is not None and t.schedule != "multistep":
+            raise ValueError("--milestones applies to --schedule multistep only")
+        if t.step_size is not None and t.schedule != "step":
+            raise ValueError("--step-size applies to --schedule step only")
+        if t.milestones is not None and (sorted(t.milestones) != t.milestones or min(t.milestones, default=1) < 1):
+            raise ValueError("--milestones must be increasing epochs, each at least 1")
         return self
 
     @property
@@ -113,6 +162,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml_file = _toml_file.get()
+        if _init_only.get():
+            return (init_settings,)
         if toml_file is None:
             return (init_settings, env_settings)
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
@@ -148,38 +199,54 @@ class InvalidSettingError(ConfigError):
         self.option = option
 
 
-def load_settings(config: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_settings(
+    config: Path | None = None, overrides: dict[str, Any] | None = None, *, base: dict[str, Any] | None = None
+) -> Settings:
     """Resolve the settings: ``overrides`` (the flags) > environment > TOML > defaults.
 
-    Without ``config``, ``./cifar-resnet.toml`` is read when it exists.
+    Without ``config``, ``./cifar-resnet.toml`` is read when it exists. With ``base`` (the saved
+    settings of a run being resumed), the result is ``overrides`` over ``base`` alone: the
+    environment and TOML files are not consulted.
     """
     overrides = overrides or {}
-    if config is not None and not config.is_file():
-        raise ConfigError(f"config file {config} does not exist", "pass an existing TOML file to --config")
-    toml_file = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-    if toml_file is not None:
-        try:
-            tomllib.loads(toml_file.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {toml_file} is not valid TOML: {exc}", "fix the file") from None
-    token = _toml_file.set(toml_file)
+    toml_file = None
+    if base is None:
+        if config is not None and not config.is_file():
+            raise ConfigError(f"config file {config} does not exist", "pass an existing TOML file to --config")
+        toml_file = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+        if toml_file is not None:
+            try:
+                tomllib.loads(toml_file.read_text(encoding="utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"config file {toml_file} is not valid TOML: {exc}", "fix the file") from None
+    tokens = (_toml_file.set(toml_file), _init_only.set(base is not None))
     try:
-        return Settings(**overrides)
+        return Settings(**(_deep_merge(base, overrides) if base is not None else overrides))
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(err["loc"])
-        if not loc:  # a cross-field check (model validator)
-            raise InvalidSettingError(f"invalid settings: {err['msg'].removeprefix('Value error, ')}") from None
-        where = _origin(loc, overrides, toml_file)
-        flag, env, toml = option_names(loc)
-        if err["type"] == "extra_forbidden":
-            message = f"unknown setting {'.'.join(map(str, loc))} {where}".strip()
-        else:
-            value = err.get("input")
-            shown = "" if isinstance(value, dict) else f" = {value!r}"
-            message = (f"{flag}{shown} {where}: {err['msg']} (set with {flag}, {env} or {toml} in TOML)").replace(
-                "  ", " "
-            )
-        raise InvalidSettingError(message, option=flag) from None
+        raise _invalid(exc, overrides, toml_file) from None
     finally:
-        _toml_file.reset(token)
+        _toml_file.reset(tokens[0])
+        _init_only.reset(tokens[1])
+
+
+def _invalid(exc: ValidationError, overrides: dict[str, Any], toml_file: Path | None) -> InvalidSettingError:
+    """The first validation error as one message naming the option, its origin and the rule."""
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    if not loc:  # a cross-field check (model validator)
+        return InvalidSettingError(f"invalid settings: {err['msg'].removeprefix('Value error, ')}")
+    where = _origin(loc, overrides, toml_file)
+    flag, env, toml = option_names(loc)
+    if err["type"] == "extra_forbidden":
+        return InvalidSettingError(f"unknown setting {'.'.join(map(str, loc))} {where}".strip(), option=flag)
+    value = err.get("input")
+    shown = "" if isinstance(value, dict) else f" = {value!r}"
+    message = f"{flag}{shown} {where}: {err['msg']} (set with {flag}, {env} or {toml} in TOML)"
+    return InvalidSettingError(message.replace("  ", " "), option=flag)

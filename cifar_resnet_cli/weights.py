@@ -45,6 +45,13 @@ class WeightsMeta(BaseModel):
     source_sha256: str
     conv1: str = "copied"
     package_version: str = __version__
+    # Set on trained checkpoints: how far training went and which split selected them.
+    trained_epochs: int | None = None
+    trained_steps: int | None = None
+    val_size: int | None = None
+    split_seed: int | None = None
+    synthetic_size: int | None = None
+    run: str | None = None
 
     def to_header(self) -> dict[str, str]:
         """Flatten to safetensors' str -> str metadata; lists and tuples as JSON."""

@@ -1,0 +1,290 @@
+"""CIFAR-10/100 and the synthetic stand-in as device-resident uint8 tensors.
+
+Reading is ours: the official "python version" pickled batches go straight into one
+``uint8 [N, 3, 32, 32]`` tensor (no per-image PIL), through an unpickler that allows only what
+those files contain. Downloading goes through torchvision's CIFAR classes (URL, md5, extraction).
+The synthetic set is generated, deterministically, and written in the same layout, so it is read
+by the same code.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import CIFAR10_CLASSES, CIFAR100_CLASSES, class_names
+from .errors import CifarResnetError, DownloadError
+from .fileio import atomic_write_bytes
+
+
+class DataError(CifarResnetError):
+    """Missing, corrupted or unsafe dataset files."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a dataset's files live under ``--data-dir`` and what they hold."""
+
+    folder: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    meta_file: str
+    label_key: str
+    names_key: str
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (*self.train_files, *self.test_files, self.meta_file)
+
+
+CIFAR10_LAYOUT = Layout(
+    "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "batches.meta",
+    "labels", "label_names",
+)  # fmt: skip
+CIFAR100_LAYOUT = Layout("cifar-100-python", ("train",), ("test",), "meta", "fine_labels", "fine_label_names")
+SYNTHETIC_VERSION = 1
+
+
+def _reconstruct():
+    try:
+        from numpy._core.multiarray import _reconstruct as fn
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct as fn
+    return fn
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Allows only what CIFAR batches hold: dicts, lists, strings, numbers and numpy arrays.
+
+    Every other global (``os.system``, ``builtins.eval``, ...) is refused, so a crafted file cannot
+    run code.
+    """
+
+    def find_class(self, module: str, name: str):
+        if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            return _reconstruct()
+        if (module, name) == ("numpy", "ndarray"):
+            return np.ndarray
+        if (module, name) == ("numpy", "dtype"):
+            return np.dtype
+        if (module, name) == ("_codecs", "encode"):  # how Python 3 writes bytes at protocol 2
+            return codecs.encode
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            obj = _SafeUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
+    except pickle.UnpicklingError as exc:
+        raise DataError(
+            f"{path} is not a safe CIFAR batch ({exc})", "delete it and download the dataset again"
+        ) from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, UnicodeDecodeError) as exc:
+        raise DataError(
+            f"{path} is corrupted ({type(exc).__name__}: {exc})", "delete it and download the dataset again"
+        ) from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path} holds a {type(obj).__name__}, not a CIFAR batch")
+    return obj
+
+
+def _read_batches(folder: Path, files: tuple[str, ...], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = [], []
+    for name in files:
+        path = folder / name
+        batch = _unpickle(path)
+        data, y = batch.get("data"), batch.get(label_key)
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            shape = getattr(data, "shape", None)
+            raise DataError(f"{path} has no uint8 'data' array of shape (N, 3072) (found {shape})")
+        if not isinstance(y, (list, np.ndarray)) or len(y) != len(data):
+            raise DataError(f"{path} has {len(data)} images but its '{label_key}' does not match")
+        images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
+        labels.append(torch.as_tensor(np.asarray(y, dtype=np.int64)))
+    return torch.cat(images), torch.cat(labels)
+
+
+@dataclass
+class ImageSet:
+    """Images (uint8 [N, 3, 32, 32]) and labels (int64 [N]) on one device."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: torch.device) -> ImageSet:
+        return ImageSet(self.images.to(device), self.labels.to(device))
+
+    def subset(self, index: torch.Tensor) -> ImageSet:
+        return ImageSet(self.images[index], self.labels[index])
+
+
+@dataclass
+class CifarData:
+    """The training split, the held-out validation split, and the test set."""
+
+    name: str
+    classes: tuple[str, ...]
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    folder: Path
+    synthetic: bool
+
+    def to(self, device: torch.device) -> CifarData:
+        return CifarData(
+            self.name, self.classes, self.train.to(device), self.val.to(device), self.test.to(device),
+            self.folder, self.synthetic,
+        )  # fmt: skip
+
+
+def default_data_dir() -> Path:
+    """``$XDG_CACHE_HOME/cifar-resnet/data`` (``~/.cache/cifar-resnet/data``)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "cifar-resnet" / "data"
+
+
+def _missing(folder: Path, layout: Layout) -> list[str]:
+    return [f for f in layout.files if not (folder / f).is_file()]
+
+
+def _download(name: str, root: Path, layout: Layout) -> None:
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for train in (True, False):  # torchvision checks the md5 of the archive and extracts it
+            cls(root=str(root), train=train, download=True)
+    except Exception as exc:  # URLError, socket errors, md5 mismatch, disk full
+        raise DownloadError(
+            f"could not download {name} into {root} ({type(exc).__name__}: {exc})",
+            f"offline, put the official python-version files ({', '.join(layout.files)}) into "
+            f"{root / layout.folder}, or use --dataset synthetic",
+        ) from None
+
+
+def split_train_val(train: ImageSet, val_size: int, seed: int) -> tuple[ImageSet, ImageSet]:
+    """Hold out ``val_size`` training images (seeded permutation) for model selection."""
+    if val_size >= len(train):
+        raise DataError(
+            f"--val-size {val_size} leaves no training images (the training set has {len(train)})",
+            f"use a --val-size below {len(train)}",
+        )
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    return train.subset(order[val_size:]), train.subset(order[:val_size])
+
+
+def load_cifar(
+    name: str,
+    data_dir: Path,
+    *,
+    download: bool,
+    val_size: int,
+    split_seed: int,
+    num_classes: int = 10,
+    synthetic_size: int = 10_000,
+) -> CifarData:
+    """Read a dataset (downloading or generating it when asked) and split off validation."""
+    if name == "synthetic":
+        folder = write_synthetic(data_dir, num_classes=num_classes, train_size=synthetic_size)
+        layout = CIFAR10_LAYOUT if num_classes == 10 else CIFAR100_LAYOUT
+        layout = Layout(folder.name, *[getattr(layout, f) for f in ("train_files", "test_files", "meta_file",
+                                                                      "label_key", "names_key")])  # fmt: skip
+        classes = class_names("synthetic", num_classes)
+    else:
+        layout = CIFAR10_LAYOUT if name == "cifar10" else CIFAR100_LAYOUT
+        folder = data_dir / layout.folder
+        classes = CIFAR10_CLASSES if name == "cifar10" else CIFAR100_CLASSES
+        if _missing(folder, layout):
+            if not download:
+                raise DataError(
+                    f"{name} not found in {folder}: expected {', '.join(_missing(folder, layout))}",
+                    f"pass --download, or --data-dir pointing at the folder that holds {layout.folder}/",
+                )
+            _download(name, data_dir, layout)
+    meta = _unpickle(folder / layout.meta_file)
+    names = meta.get(layout.names_key)
+    if names is not None and tuple(names) != tuple(classes):
+        raise DataError(f"{folder / layout.meta_file} names other classes than {name} has")
+    x_train, y_train = _read_batches(folder, layout.train_files, layout.label_key)
+    x_test, y_test = _read_batches(folder, layout.test_files, layout.label_key)
+    for y, what in ((y_train, "training"), (y_test, "test")):
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes)):
+            raise DataError(f"{folder}: {what} labels outside 0..{len(classes) - 1}")
+    train, val = split_train_val(ImageSet(x_train, y_train), val_size, split_seed)
+    return CifarData(name, tuple(classes), train, val, ImageSet(x_test, y_test), folder, name == "synthetic")
+
+
+# ---------------------------------------------------------------------------------------------
+# The synthetic stand-in: learnable, deterministic, written in the CIFAR layout.
+# ---------------------------------------------------------------------------------------------
+
+
+def synthetic_images(labels: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    """32x32 RGB images whose class sets a colour, a stripe orientation and a stripe frequency.
+
+    Every image has random brightness, phase and pixel noise, so the classes overlap a little and
+    a model must look at colour and texture together; a ResNet learns them in a few hundred steps.
+    """
+    n = len(labels)
+    cls = torch.arange(num_classes)
+    hue = cls.float() / num_classes * 2 * torch.pi
+    colours = 0.5 + 0.35 * torch.stack([torch.cos(hue), torch.cos(hue - 2.094), torch.cos(hue + 2.094)], 1)
+    angle = (cls % 4).float() * torch.pi / 4
+    freq = 2.0 + (cls // 4 % 3).float() * 1.5
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    a, f = angle[labels][:, None, None], freq[labels][:, None, None]
+    phase = torch.rand(n, 1, 1, generator=generator) * 2 * torch.pi
+    stripes = torch.sin((xx * torch.cos(a) + yy * torch.sin(a)) * f * 2 * torch.pi / 32 + phase)
+    brightness = 0.8 + 0.4 * torch.rand(n, 1, 1, 1, generator=generator)
+    img = colours[labels][:, :, None, None] * brightness + 0.18 * stripes[:, None]
+    img = img + 0.08 * torch.randn(n, 3, 32, 32, generator=generator)
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def write_synthetic(data_dir: Path, *, num_classes: int, train_size: int, seed: int = 0) -> Path:
+    """Generate the synthetic set once into ``data_dir`` in the CIFAR layout; return its folder."""
+    if num_classes not in (10, 100):
+        raise DataError(f"synthetic data has 10 or 100 classes, not {num_classes}")
+    folder = data_dir / f"synthetic-{num_classes}c-{train_size}-v{SYNTHETIC_VERSION}"
+    layout = CIFAR10_LAYOUT if num_classes == 10 else CIFAR100_LAYOUT
+    if not _missing(folder, layout):
+        return folder
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create {folder} ({exc})", "pass a writable --data-dir") from None
+    generator = torch.Generator().manual_seed(seed)
+    test_size = max(train_size // 5, num_classes)
+    names = list(class_names("synthetic", num_classes))
+
+    def batch(size: int, label: str) -> dict:
+        labels = torch.arange(size) % num_classes
+        labels = labels[torch.randperm(size, generator=generator)]
+        images = synthetic_images(labels, num_classes, generator)
+        return {
+            "batch_label": label,
+            layout.label_key: labels.tolist(),
+            "data": images.reshape(size, -1).numpy(),
+            "filenames": [f"synthetic_{label.replace(' ', '_')}_{i:06d}.png" for i in range(size)],
+        }
+
+    sizes = np.array_split(np.arange(train_size), len(layout.train_files))
+    files = {name: batch(len(part), f"synthetic training batch {i + 1}") for i, (name, part) in
+             enumerate(zip(layout.train_files, sizes, strict=True))}  # fmt: skip
+    files[layout.test_files[0]] = batch(test_size, "synthetic test batch")
+    files[layout.meta_file] = {layout.names_key: names, "synthetic": True, "version": SYNTHETIC_VERSION}
+    for name, obj in files.items():
+        atomic_write_bytes(folder / name, pickle.dumps(obj, protocol=2))
+    return folder

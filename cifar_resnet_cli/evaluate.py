@@ -1,0 +1,235 @@
+"""``eval``: top-1, top-5, loss, per-class accuracy and the confusion matrix of a checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel
+from torch import nn
+
+from .augment import preprocess
+from .data import class_names
+from .datasets import CifarData, ImageSet, default_data_dir, load_cifar
+from .devices import device_description, resolve_device
+from .errors import CheckpointError
+from .fileio import atomic_write_bytes, check_writable
+from .settings import Settings
+from .weights import WeightsMeta, load_model
+
+
+@dataclass
+class Scores:
+    """Sums over a split, on the CPU: what every metric is computed from."""
+
+    loss_sum: float
+    top1: int
+    top5: int
+    count: int
+    confusion: torch.Tensor  # [true, predicted] int64
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.count, 1)
+
+    @property
+    def top1_acc(self) -> float:
+        return self.top1 / max(self.count, 1)
+
+    @property
+    def top5_acc(self) -> float:
+        return self.top5 / max(self.count, 1)
+
+
+def autocast(device: torch.device, amp: str):
+    """``torch.autocast`` for ``off|bf16|fp16`` (fp16 only on CUDA)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, torch.float32)
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=amp != "off")
+
+
+@torch.inference_mode()
+def score_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Scores:
+    """Scores of one batch of logits (float) against integer labels."""
+    logits = logits.float()
+    k = min(5, num_classes)
+    topk = logits.topk(k, dim=1).indices
+    pred = topk[:, 0]
+    confusion = torch.bincount(labels * num_classes + pred, minlength=num_classes**2).view(num_classes, num_classes)
+    return Scores(
+        loss_sum=float(F.cross_entropy(logits, labels, reduction="sum")),
+        top1=int((pred == labels).sum()),
+        top5=int((topk == labels[:, None]).any(1).sum()),
+        count=len(labels),
+        confusion=confusion.cpu(),
+    )
+
+
+def merge(scores: Sequence[Scores], num_classes: int) -> Scores:
+    total = Scores(0.0, 0, 0, 0, torch.zeros(num_classes, num_classes, dtype=torch.int64))
+    for s in scores:
+        total = Scores(total.loss_sum + s.loss_sum, total.top1 + s.top1, total.top5 + s.top5,
+                       total.count + s.count, total.confusion + s.confusion)  # fmt: skip
+    return total
+
+
+@torch.inference_mode()
+def evaluate_model(
+    model: nn.Module,
+    data: ImageSet,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    image_size: int,
+    num_classes: int,
+    batch_size: int = 512,
+    amp: str = "off",
+    channels_last: bool = False,
+    tta: bool = False,
+) -> Scores:
+    """Evaluate ``model`` (eval mode) on a device-resident split, batch by batch."""
+    was_training = model.training
+    model.eval()
+    device = data.images.device
+    parts = []
+    try:
+        for start in range(0, len(data), batch_size):
+            x = preprocess(data.images[start : start + batch_size], mean, std, image_size,
+                           channels_last=channels_last)  # fmt: skip
+            with autocast(device, amp):
+                logits = model(x).float()
+                if tta:  # average the probabilities of the image and its mirror
+                    probs = (logits.softmax(1) + model(x.flip(3)).float().softmax(1)) / 2
+                    logits = probs.clamp_min(1e-12).log()
+            parts.append(score_logits(logits, data.labels[start : start + batch_size], num_classes))
+    finally:
+        model.train(was_training)
+    return merge(parts, num_classes)
+
+
+class ClassAccuracy(BaseModel):
+    name: str
+    correct: int
+    total: int
+    accuracy: float
+
+
+class EvalResult(BaseModel):
+    checkpoint: str
+    dataset: str
+    synthetic: bool
+    split: str
+    images: int
+    top1: float
+    top5: float
+    loss: float
+    tta: bool
+    per_class: list[ClassAccuracy]
+    confusion: list[list[int]]
+    class_names: list[str]
+    confusion_csv: str | None
+    device: str
+    time_s: float
+    images_per_s: float
+    warnings: list[str]
+
+
+def _dataset_for(settings: Settings, meta: WeightsMeta | None) -> str:
+    chosen = settings.data.model_fields_set
+    return settings.data.dataset if "dataset" in chosen or meta is None else meta.dataset
+
+
+def load_data_for(settings: Settings, meta: WeightsMeta | None = None) -> CifarData:
+    """The dataset a command works on; for a checkpoint, its own dataset and split unless the user set one."""
+    d = settings.data
+    chosen = d.model_fields_set
+
+    def from_meta(field: str) -> int:
+        value = getattr(meta, field) if meta is not None else None
+        return value if value is not None and field not in chosen else getattr(d, field)
+
+    return load_cifar(
+        _dataset_for(settings, meta), d.data_dir or default_data_dir(), download=d.download,
+        val_size=from_meta("val_size"), split_seed=from_meta("split_seed"),
+        num_classes=meta.num_classes if meta is not None else settings.num_classes,
+        synthetic_size=from_meta("synthetic_size"),
+    )  # fmt: skip
+
+
+def check_classes(meta: WeightsMeta, dataset: str, path: Path) -> None:
+    """A checkpoint fits a dataset when both have the same classes, in the same order."""
+    classes = class_names(dataset, meta.num_classes)
+    if meta.num_classes != len(classes):
+        raise CheckpointError(
+            f"{path} has a {meta.num_classes}-class head ({meta.dataset}), but {dataset} has {len(classes)} classes",
+            f"evaluate it on --dataset {meta.dataset}, or use a checkpoint trained on {dataset}",
+        )
+    if tuple(meta.class_names) != tuple(classes):
+        raise CheckpointError(
+            f"{path}'s classes ({meta.dataset}) are not {dataset}'s classes", f"evaluate it on --dataset {meta.dataset}"
+        )
+
+
+def confusion_csv(confusion: torch.Tensor, names: Sequence[str]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["true\\predicted", *names])
+    for name, row in zip(names, confusion.tolist(), strict=True):
+        writer.writerow([name, *row])
+    return buf.getvalue().encode()
+
+
+def evaluate_checkpoint(settings: Settings, path: Path, *, confusion: Path | None = None) -> EvalResult:
+    """Evaluate one of our checkpoints on the test (or validation) split."""
+    if confusion is not None:
+        check_writable(confusion, force=True, what="--confusion file")
+    device = resolve_device(settings.device)
+    model, meta = load_model(path)
+    check_classes(meta, _dataset_for(settings, meta), path)
+    data = load_data_for(settings, meta)
+    split = data.test if settings.eval.split == "test" else data.val
+    if len(split) == 0:
+        raise CheckpointError(f"the {settings.eval.split} split of {data.name} is empty", "use --split test")
+    model.to(device)
+    start = time.perf_counter()
+    scores = evaluate_model(
+        model, split.to(device), mean=meta.mean, std=meta.std, image_size=meta.image_size,
+        num_classes=meta.num_classes, batch_size=settings.eval.batch_size, tta=settings.eval.tta,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - start
+    per_class = []
+    for i, name in enumerate(data.classes):
+        total = int(scores.confusion[i].sum())
+        correct = int(scores.confusion[i, i])
+        per_class.append(ClassAccuracy(name=name, correct=correct, total=total, accuracy=correct / max(total, 1)))
+    if confusion is not None:
+        atomic_write_bytes(confusion, confusion_csv(scores.confusion, data.classes))
+    warnings = []
+    if data.synthetic:
+        warnings.append("evaluated on SYNTHETIC data, not CIFAR: the numbers say nothing about real images")
+    if not meta.pretrained and meta.trained_epochs is None:
+        warnings.append(f"{path} holds random, untrained weights")
+    return EvalResult(
+        checkpoint=str(path),
+        dataset=data.name,
+        synthetic=data.synthetic,
+        split=settings.eval.split,
+        images=scores.count,
+        top1=scores.top1_acc,
+        top5=scores.top5_acc,
+        loss=scores.loss,
+        tta=settings.eval.tta,
+        per_class=per_class,
+        confusion=scores.confusion.tolist(),
+        class_names=list(data.classes),
+        confusion_csv=str(confusion) if confusion is not None else None,
+        device=device_description(device),
+        time_s=elapsed,
+        images_per_s=scores.count / elapsed if elapsed > 0 else 0.0,
+        warnings=warnings,
+    )
