@@ -60,6 +60,10 @@ def _reconstruct():
     return fn
 
 
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    pass
+
+
 class _SafeUnpickler(pickle.Unpickler):
     """Allows only what CIFAR batches hold: dicts, lists, strings, numbers and numpy arrays.
 
@@ -76,18 +80,27 @@ class _SafeUnpickler(pickle.Unpickler):
             return np.dtype
         if (module, name) == ("_codecs", "encode"):  # how Python 3 writes bytes at protocol 2
             return codecs.encode
-        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
+        raise _ForbiddenGlobal(f"global {module}.{name} is not allowed in a CIFAR batch")
 
 
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             obj = _SafeUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
-    except pickle.UnpicklingError as exc:
+    except _ForbiddenGlobal as exc:
         raise DataError(
             f"{path} is not a safe CIFAR batch ({exc})", "delete it and download the dataset again"
         ) from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, UnicodeDecodeError) as exc:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        UnicodeDecodeError,
+    ) as exc:
         raise DataError(
             f"{path} is corrupted ({type(exc).__name__}: {exc})", "delete it and download the dataset again"
         ) from None

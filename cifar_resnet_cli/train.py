@@ -525,7 +525,7 @@ def train(settings: Settings, progress: TrainProgress | None = None, *, resume: 
                     if not bool(torch.isfinite(loss)):
                         last = f"{run_dir / rundir.LAST} (epoch {len(history)})" if history else "none saved yet"
                         raise TrainingDiverged(
-                            f"the loss became {float(loss)} at epoch {epoch}, step {i + 1}; last good checkpoint: "
+                            f"the loss became {float(loss.detach())} at epoch {epoch}, step {i + 1}; last good checkpoint: "
                             f"{last}",
                             "lower --lr, add --warmup-epochs, or turn off --amp fp16",
                         )

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The offline demo behind `make demo`: inspect the model, then port weights, chaining with --json.
+# The offline demo behind `make demo`: inspect, port, train, eval, chained with --json.
 # Nothing here needs the network: the ported checkpoint is a random-initialised torchvision
-# ResNet34 saved as a real .pth file, exactly the file type torchvision's download gives.
+# ResNet34 saved as a real .pth file, exactly the file type torchvision's download gives, and the
+# data are the built-in synthetic set, written in the CIFAR layout (it says so wherever it is used).
 set -euo pipefail
 OUT=${OUT:-demo-out}
 mkdir -p "$OUT"
@@ -25,10 +26,20 @@ cifar-resnet port --from "$OUT/resnet34-random.pth" --stem cifar --dataset cifar
     --out "$OUT/resnet34-cifar10.safetensors" --force
 
 echo "== 5. --weights none: random weights for a synthetic run, said loudly ==" >&2
-sha=$(cifar-resnet port --weights none --dataset synthetic --stem cifar \
+sha=$(cifar-resnet port --weights none --dataset synthetic \
     --out "$OUT/random-synthetic.safetensors" --force --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["output_sha256"])')
 echo "random-synthetic.safetensors sha256 $sha"
 
-echo "== 6. The real download (fails offline with a clear message; the demo goes on) ==" >&2
+SYNTH=(--dataset synthetic --data-dir "$OUT/data" --synthetic-size 3000 --val-size 500 --runs-dir "$OUT/runs")
+echo "== 6. Feature extraction: frozen backbone, features computed once, head trained on them ==" >&2
+cifar-resnet train "${SYNTH[@]}" --init "$OUT/random-synthetic.safetensors" --freeze-backbone --no-augment \
+    --epochs 5 --lr 0.01 --name frozen
+
+echo "== 7. Fine-tuning every layer (bf16 autocast, channels-last), then eval of the best checkpoint ==" >&2
+run=$(cifar-resnet train "${SYNTH[@]}" --init "$OUT/random-synthetic.safetensors" --epochs 2 --batch-size 64 \
+    --amp bf16 --channels-last --name finetune --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["run_dir"])')
+cifar-resnet eval "$run/best.safetensors" --data-dir "$OUT/data" --confusion "$run/confusion.csv"
+
+echo "== 8. The real download (fails offline with a clear message; the demo goes on) ==" >&2
 cifar-resnet port --weights IMAGENET1K_V1 --out "$OUT/imagenet.safetensors" --force \
-    || echo "(expected offline: use --from FILE.pth as in step 4)" >&2
+    || echo "(expected offline: use --from FILE.pth as in step 4, or --init none / --init FILE for train)" >&2

@@ -24,6 +24,7 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if key.startswith("CIFAR_RESNET_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
 
 
@@ -71,3 +72,39 @@ class Cli:
 @pytest.fixture
 def cli() -> Cli:
     return Cli()
+
+
+def write_cifar10(folder: Path, *, train_per_batch: int = 40, test: int = 50, seed: int = 0) -> Path:
+    """A tiny CIFAR-10 in the official python-version layout (pickled dicts, protocol 2)."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    root = folder / "cifar-10-batches-py"
+    root.mkdir(parents=True, exist_ok=True)
+
+    def batch(n: int, label: str) -> dict:
+        return {
+            "batch_label": label,
+            "labels": [int(i % 10) for i in range(n)],
+            "data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+            "filenames": [f"img_{i}.png" for i in range(n)],
+        }
+
+    for i in range(1, 6):
+        (root / f"data_batch_{i}").write_bytes(pickle.dumps(batch(train_per_batch, f"training batch {i} of 5"), 2))
+    (root / "test_batch").write_bytes(pickle.dumps(batch(test, "testing batch 1 of 1"), 2))
+    from cifar_resnet_cli.data import CIFAR10_CLASSES
+
+    meta = {"num_cases_per_batch": train_per_batch, "label_names": list(CIFAR10_CLASSES), "num_vis": 3072}
+    (root / "batches.meta").write_bytes(pickle.dumps(meta, 2))
+    return folder
+
+
+@pytest.fixture
+def cifar10_dir(tmp_path: Path) -> Path:
+    return write_cifar10(tmp_path / "cifar-data")
+
+
+MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"

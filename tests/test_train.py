@@ -1,0 +1,249 @@
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cifar_resnet_cli import train as train_module
+from cifar_resnet_cli.augment import preprocess
+from cifar_resnet_cli.datasets import load_cifar
+from cifar_resnet_cli.evaluate import EvalResult
+from cifar_resnet_cli.settings import load_settings
+from cifar_resnet_cli.train import NullProgress, TrainingInterrupted, TrainResult, lr_factor, param_groups, train
+from cifar_resnet_cli.weights import load_model
+
+# Small and fast on a 2-core CPU: the imagenet stem at 32 px, a few hundred synthetic images.
+TINY = ["--dataset", "synthetic", "--synthetic-size", "600", "--val-size", "200", "--batch-size", "50",
+        "--init", "none", "--epochs", "2"]  # fmt: skip
+
+
+def _settings(**sections):
+    base = {"data": {"dataset": "synthetic", "synthetic_size": 600, "val_size": 200},
+            "train": {"init": "none", "epochs": 2, "batch_size": 50}}  # fmt: skip
+    for key, value in sections.items():
+        base.setdefault(key, {}).update(value)
+    return load_settings(None, base)
+
+
+def test_short_fine_tune_learns_synthetic(cli, tmp_path: Path) -> None:
+    r = TrainResult.model_validate(
+        cli.json("train", "--dataset", "synthetic", "--synthetic-size", "2000", "--val-size", "500",
+                 "--batch-size", "64", "--init", "none", "--epochs", "2", "--amp", "bf16", "--channels-last")
+    )  # fmt: skip
+    assert r.best_val_top1 >= 0.90, r.history
+    assert r.test_top1 >= 0.85 and r.synthetic and r.mode == "fine-tuning"
+    run = Path(r.run_dir)
+    assert run == Path("runs/train")
+    assert {p.name for p in run.iterdir()} == {
+        "settings.json", "metrics.jsonl", "last.safetensors", "last.state.safetensors", "best.safetensors",
+        "summary.json",
+    }  # fmt: skip
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+    assert json.loads((run / "settings.json").read_text())["train"]["amp"] == "bf16"
+    assert TrainResult.model_validate_json((run / "summary.json").read_text()).test_top1 == r.test_top1
+    _, meta = load_model(run / "best.safetensors")
+    assert meta.trained_epochs == r.best_epoch and meta.dataset == "synthetic" and meta.val_size == 500
+
+
+def test_eval_equals_an_independent_computation(cli, tmp_path: Path) -> None:
+    r = cli.json("train", *TINY, "--epochs", "1")
+    ckpt = Path(r["run_dir"]) / "best.safetensors"
+    result = EvalResult.model_validate(cli.json("eval", ckpt, "--confusion", tmp_path / "c.csv"))
+
+    model, meta = load_model(ckpt)
+    model.eval()
+    data = load_cifar("synthetic", tmp_path / "cache" / "cifar-resnet" / "data", download=False, val_size=200,
+                      split_seed=0, synthetic_size=600)  # fmt: skip
+    x = data.test.images.float() / 255
+    x = (x - torch.tensor(meta.mean).view(1, 3, 1, 1)) / torch.tensor(meta.std).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        logits = model(x)
+    correct = int((logits.argmax(1) == data.test.labels).sum())
+    assert result.images == len(data.test) == 120
+    assert result.top1 == correct / len(data.test)
+    assert sum(c.correct for c in result.per_class) == correct
+    assert sum(map(sum, result.confusion)) == 120
+    rows = (tmp_path / "c.csv").read_text().splitlines()
+    assert len(rows) == 11 and rows[1].startswith("synthetic_0,")
+    # train's own test figure is the same measurement
+    assert r["test_top1"] == result.top1
+
+
+def test_cached_and_uncached_feature_extraction_agree(tmp_path: Path) -> None:
+    common = {"freeze_backbone": True, "augment": False, "epochs": 2, "lr": 0.1, "limit_batches": 4}
+    a = train(_settings(train={**common, "cache_features": True, "name": "cached"}))
+    b = train(_settings(train={**common, "cache_features": False, "name": "uncached"}))
+    assert a.feature_cache and not b.feature_cache and "faster" in a.feature_cache_note
+    wa = load_file(Path(a.run_dir) / "last.safetensors")
+    wb = load_file(Path(b.run_dir) / "last.safetensors")
+    assert torch.allclose(wa["fc.weight"], wb["fc.weight"], atol=1e-5, rtol=0)
+    assert torch.allclose(wa["fc.bias"], wb["fc.bias"], atol=1e-5, rtol=0)
+    assert not torch.equal(wa["fc.weight"], torch.zeros_like(wa["fc.weight"]))
+    assert a.history[-1].val_top1 == pytest.approx(b.history[-1].val_top1, abs=0.01)
+
+
+def test_frozen_backbone_statistics_do_not_move(cli, tmp_path: Path) -> None:
+    init = tmp_path / "init.safetensors"
+    assert cli("port", "--weights", "none", "--dataset", "synthetic", "--out", init).exit_code == 0
+    r = cli.json("train", *TINY, "--init", init, "--freeze-backbone", "--augment", "--epochs", "1")
+    before, after = load_file(init), load_file(Path(r["run_dir"]) / "last.safetensors")
+    backbone = [k for k in before if not k.startswith("fc.")]
+    assert any("running_mean" in k for k in backbone)
+    assert all(torch.equal(before[k], after[k]) for k in backbone)
+    assert not torch.equal(before["fc.weight"], after["fc.weight"])
+    assert r["mode"] == "feature extraction" and not r["feature_cache"]  # augmentation: no cache
+
+
+class _InterruptAt:
+    """A progress sink that presses Ctrl-C (a real SIGINT) at one step."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        self.at = (epoch, step)
+
+    def step(self, *, epoch: int, step: int, **_) -> None:
+        if (epoch, step) == self.at:
+            signal.raise_signal(signal.SIGINT)
+
+    def __getattr__(self, name):
+        return getattr(NullProgress(), name)
+
+
+def test_resume_after_ctrl_c_is_bit_identical(tmp_path: Path) -> None:
+    kw = {"augment": True, "cutmix": 1.0, "mixup": 0.2, "limit_batches": 3, "label_smoothing": 0.1}
+    straight = train(_settings(train={**kw, "name": "straight"}))
+
+    with pytest.raises(TrainingInterrupted, match="resume with: cifar-resnet train --resume"):
+        train(_settings(train={**kw, "name": "split"}), _InterruptAt(epoch=1, step=2))
+    run = Path("runs/split")
+    assert load_model(run / "last.safetensors")[1].trained_steps == 2
+    resumed = train(train_module.settings_for_resume(run, {}), resume=run)
+    assert resumed.resumed_from_epoch == 0
+
+    a, b = load_file(Path(straight.run_dir) / "last.safetensors"), load_file(run / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [h.train_loss for h in straight.history] == [h.train_loss for h in resumed.history]
+
+
+def test_resume_to_more_epochs_equals_straight_with_constant_lr(cli) -> None:
+    common = [*TINY, "--schedule", "constant", "--limit-batches", "2"]
+    straight = cli.json(*["train", *common, "--name", "straight"])
+    assert cli("train", *common, "--epochs", "1", "--name", "short").exit_code == 0
+    resumed = cli.json("train", "--resume", "runs/short", "--epochs", "2")
+    assert resumed["resumed_from_epoch"] == 1 and len(resumed["history"]) == 2
+    a = load_file(Path(straight["run_dir"]) / "last.safetensors")
+    b = load_file(Path("runs/short/last.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_other_settings(cli) -> None:
+    assert cli("train", *TINY, "--epochs", "1", "--limit-batches", "1").exit_code == 0
+    r = cli("train", "--resume", "runs/train", "--dataset", "cifar10", "--epochs", "2")
+    assert r.exit_code == 1 and "data.dataset" in r.err and "--epochs" in r.err
+    r = cli("train", "--resume", "runs/train")
+    assert r.exit_code == 1 and "finished 1 epochs" in r.err
+    r = cli("train", "--resume", "runs/missing", "--epochs", "3")
+    assert r.exit_code == 1 and "settings.json is missing" in r.err
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(cli, monkeypatch) -> None:
+    calls = {"n": 0}
+
+    def poisoned(images, *args, **kwargs):
+        calls["n"] += 1
+        out = preprocess(images, *args, **kwargs)
+        return out * float("nan") if calls["n"] > 3 else out
+
+    monkeypatch.setattr(train_module, "preprocess", poisoned)
+    r = cli("train", *TINY, "--limit-batches", "3", "--no-cache-features")
+    assert r.exit_code == 1 and "loss became nan at epoch 2" in r.err
+    assert "last good checkpoint: runs/train/last.safetensors (epoch 1)" in r.err
+    assert load_model(Path("runs/train/last.safetensors"))[1].trained_epochs == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--batch-size", "0"], 2, "--batch-size = 0"),
+        (["--lr", "-1"], 2, "--lr = -1.0"),
+        (["--milestones", "3,2", "--schedule", "multistep"], 2, "increasing"),
+        (["--milestones", "2", "--schedule", "cosine"], 2, "multistep only"),
+        (["--amp", "fp16"], 1, "needs CUDA"),
+        (["--val-size", "600"], 1, "leaves no training images"),
+    ],
+)
+def test_bad_train_options_write_nothing(cli, args: list[str], code: int, message: str) -> None:
+    r = cli("train", *TINY, *args)
+    assert r.exit_code == code, r.stderr
+    assert message in r.err
+    assert not Path("runs").exists() or not any(Path("runs").iterdir())
+
+
+def test_missing_and_corrupted_data(cli, tmp_path: Path, cifar10_dir: Path) -> None:
+    r = cli("train", "--dataset", "cifar10", "--no-download", "--data-dir", tmp_path / "empty", "--init", "none")
+    assert r.exit_code == 1 and "cifar-10-batches-py" in r.err and "data_batch_1" in r.err
+    batch = cifar10_dir / "cifar-10-batches-py" / "test_batch"
+    batch.write_bytes(b"\x80\x02}q\x00")
+    r = cli("train", "--dataset", "cifar10", "--data-dir", cifar10_dir, "--init", "none", "--val-size", "10")
+    assert r.exit_code == 1 and "test_batch is corrupted" in r.err
+    assert not Path("runs").exists()
+
+
+def test_offline_imagenet_init_names_the_alternatives(cli, monkeypatch) -> None:
+    from urllib.error import URLError
+
+    def offline(*_a, **_k):
+        raise URLError("offline")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    r = cli("train", "--dataset", "synthetic", "--synthetic-size", "600", "--val-size", "100", "--freeze-backbone")
+    assert r.exit_code == 1
+    assert "resnet34-b627a593.pth" in r.err and "--init FILE.safetensors" in r.err and "--init none" in r.err
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not Path("runs").exists()
+
+
+def test_checkpoint_of_the_wrong_class_count(cli, tmp_path: Path) -> None:
+    ckpt = tmp_path / "c100.safetensors"
+    assert cli("port", "--weights", "none", "--dataset", "cifar100", "--out", ckpt).exit_code == 0
+    r = cli("train", *TINY, "--init", ckpt)
+    assert r.exit_code == 1 and "not synthetic" in r.err
+    r = cli("eval", ckpt, "--dataset", "cifar10")
+    assert r.exit_code == 1 and "100-class head" in r.err and "cifar10 has 10 classes" in r.err
+
+
+def test_run_directories_are_numbered(cli) -> None:
+    for _ in range(2):
+        assert cli("train", *TINY, "--epochs", "1", "--limit-batches", "1", "--name", "exp").exit_code == 0
+    assert sorted(p.name for p in Path("runs").iterdir()) == ["exp", "exp2"]
+
+
+def test_lr_schedules() -> None:
+    kw = {"total": 100, "steps_per_epoch": 10, "step_size": 3, "milestones": [5, 8], "gamma": 0.1}
+    cos = [lr_factor(s, warmup=10, schedule="cosine", **kw) for s in range(100)]
+    assert cos[0] == pytest.approx(0.1) and cos[9] == pytest.approx(1.0) and cos[-1] < 0.01
+    assert all(a >= b for a, b in zip(cos[9:], cos[10:], strict=False))
+    one = [lr_factor(s, warmup=0, schedule="onecycle", **kw) for s in range(100)]
+    assert one[0] == pytest.approx(1 / 25) and max(one) == pytest.approx(1.0, abs=0.01) and one.index(max(one)) == 30
+    assert lr_factor(29, warmup=0, schedule="step", **kw) == 1.0
+    assert lr_factor(30, warmup=0, schedule="step", **kw) == pytest.approx(0.1)
+    assert lr_factor(60, warmup=0, schedule="step", **kw) == pytest.approx(0.01)
+    assert [lr_factor(s, warmup=0, schedule="multistep", **kw) for s in (49, 50, 80)] == pytest.approx([1, 0.1, 0.01])
+    assert lr_factor(99, warmup=0, schedule="constant", **kw) == 1.0
+
+
+def test_no_weight_decay_on_batchnorm_and_bias() -> None:
+    from cifar_resnet_cli.model import resnet34
+
+    model = resnet34(num_classes=10)
+    groups = param_groups(model, _settings(train={"backbone_lr_scale": 0.1, "lr": 0.2, "weight_decay": 1e-3}))
+    by_name = {g["name"]: g for g in groups}
+    assert by_name["backbone"]["weight_decay"] == 1e-3 and by_name["backbone-no-decay"]["weight_decay"] == 0
+    assert by_name["head-no-decay"]["weight_decay"] == 0 and by_name["head"]["lr"] == 0.2
+    assert by_name["backbone"]["lr"] == pytest.approx(0.02)
+    assert all(p.ndim <= 1 for p in by_name["backbone-no-decay"]["params"])
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
