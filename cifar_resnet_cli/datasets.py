@@ -83,6 +83,10 @@ class _SafeUnpickler(pickle.Unpickler):
         raise _ForbiddenGlobal(f"global {module}.{name} is not allowed in a CIFAR batch")
 
 
+_CORRUPT = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            UnicodeDecodeError)  # fmt: skip
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:

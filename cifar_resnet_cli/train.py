@@ -525,8 +525,8 @@ def train(settings: Settings, progress: TrainProgress | None = None, *, resume: 
                     if not bool(torch.isfinite(loss)):
                         last = f"{run_dir / rundir.LAST} (epoch {len(history)})" if history else "none saved yet"
                         raise TrainingDiverged(
-                            f"the loss became {float(loss.detach())} at epoch {epoch}, step {i + 1}; last good checkpoint: "
-                            f"{last}",
+                            f"the loss became {float(loss.detach())} at epoch {epoch}, step {i + 1}; "
+                            f"last good checkpoint: {last}",
                             "lower --lr, add --warmup-epochs, or turn off --amp fp16",
                         )
                     optimizer.zero_grad(set_to_none=True)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 from pathlib import Path
@@ -226,7 +227,7 @@ def test_lr_schedules() -> None:
     kw = {"total": 100, "steps_per_epoch": 10, "step_size": 3, "milestones": [5, 8], "gamma": 0.1}
     cos = [lr_factor(s, warmup=10, schedule="cosine", **kw) for s in range(100)]
     assert cos[0] == pytest.approx(0.1) and cos[9] == pytest.approx(1.0) and cos[-1] < 0.01
-    assert all(a >= b for a, b in zip(cos[9:], cos[10:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(cos[9:]))
     one = [lr_factor(s, warmup=0, schedule="onecycle", **kw) for s in range(100)]
     assert one[0] == pytest.approx(1 / 25) and max(one) == pytest.approx(1.0, abs=0.01) and one.index(max(one)) == 30
     assert lr_factor(29, warmup=0, schedule="step", **kw) == 1.0
