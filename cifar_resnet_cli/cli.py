@@ -507,7 +507,7 @@ def train_cmd(
         "train.name": name,
         "device": device,
     }
-    progress = None if json else report.TrainProgressBar()
+    progress = report.TrainProgressBar()  # stderr, so it never mixes with --json on stdout
     factory = (lambda o: settings_for_resume(resume, o)) if resume is not None else None
     result = _run(ctx, flags, lambda s: train(s, progress, resume=resume), settings_factory=factory)
     report.print_warnings(result.warnings)
@@ -566,6 +566,174 @@ def eval_cmd(
         report.print_json(result)
     else:
         report.render_eval(result)
+
+
+class ExportMethod(StrEnum):
+    trace = "trace"
+    script = "script"
+    frozen = "frozen"
+    all = "all"
+
+
+class PrecisionName(StrEnum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+def _csv_list(value: str | None, option: str, cast: Callable[[str], Any] = str) -> list[Any] | None:
+    if value is None:
+        return None
+    try:
+        return [cast(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a comma-separated list", param_hint=f"'{option}'") from None
+
+
+@app.command("export")
+def export_cmd(
+    ctx: typer.Context,
+    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint (from train or port).")],
+    method: Annotated[
+        Optional[list[ExportMethod]],
+        _opt(
+            "--method",
+            "trace, script, frozen (scripted + torch.jit.freeze + optimize_for_inference) or all; "
+            "repeat for several. (default: trace and script)",
+        ),
+    ] = None,
+    freeze: Annotated[bool, _opt("--freeze", "Also write the frozen archive (same as --method frozen).")] = False,
+    dtype: Annotated[
+        Optional[PrecisionName],
+        _opt("--dtype", "Weights and compute inside the archive; input stays float32. (default: fp32)"),
+    ] = None,
+    channels_last: Annotated[
+        Optional[bool], _opt("--channels-last/--no-channels-last", "NHWC inside the archive. (default: off)")
+    ] = None,
+    out: Annotated[Optional[Path], _opt("--out", "Directory for the archives. (default: exports)")] = None,
+    example_batch: Annotated[Optional[int], _opt("--example-batch", "Tracing example batch size. (default: 2)")] = None,
+    verify_batch: Annotated[
+        Optional[int], _opt("--verify-batch", "Verification batch size, not the example's. (default: 5)")
+    ] = None,
+    atol: Annotated[
+        Optional[float],
+        _opt(
+            "--atol",
+            "Allowed max |diff| against eager, relative to the largest logit. (default: 1e-4 fp32, 5e-2 bf16/fp16)",
+        ),
+    ] = None,
+    min_agreement: Annotated[
+        Optional[float],
+        _opt("--min-agreement", "Required top-1 agreement with eager. (default: 1.0 fp32, 0.9 bf16/fp16)"),
+    ] = None,
+    force: Annotated[bool, _opt("--force", "Overwrite existing archives.")] = False,
+    device: DeviceOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Write TorchScript archives (trace, script, frozen) and verify each against eager PyTorch.
+
+    Archives are made on the CPU and run on any device. Each is saved, loaded back with plain
+    torch.jit.load and compared with the eager model on a batch of another size; one that fails is
+    not kept. The checkpoint's metadata travels in the archive (extra file cifar_resnet.json).
+
+    Examples:
+
+      cifar-resnet export runs/train/best.safetensors
+
+      cifar-resnet export runs/train/best.safetensors --method frozen --dtype bf16 --channels-last
+
+      cifar-resnet export best.safetensors --method all --out exports --json | jq '.archives[].path'
+    """
+    from . import report
+    from .export import export_model
+
+    methods = None
+    if method or freeze:
+        chosen = [m.value for m in method or []]
+        methods = ["trace", "script", "frozen"] if "all" in chosen else chosen
+        if freeze and "frozen" not in methods:
+            methods.append("frozen")
+    flags = {
+        "export.methods": methods,
+        "export.dtype": dtype,
+        "export.channels_last": channels_last,
+        "export.out_dir": out,
+        "export.example_batch": example_batch,
+        "export.verify_batch": verify_batch,
+        "export.atol": atol,
+        "export.min_agreement": min_agreement,
+        "device": device,
+    }
+    result = _run(ctx, flags, lambda s: export_model(s, checkpoint, force=force))
+    report.print_warnings(result.warnings)
+    if json:
+        report.print_json(result)
+    else:
+        report.render_export(result)
+
+
+@app.command("bench")
+def bench_cmd(
+    ctx: typer.Context,
+    checkpoint: Annotated[
+        Optional[Path], typer.Argument(help="A .safetensors checkpoint; without one, a random-initialised model.")
+    ] = None,
+    variants: Annotated[
+        Optional[str], _opt("--variants", "Comma-separated: eager, trace, script, frozen, compile. (default: all)")
+    ] = None,
+    dtypes: Annotated[
+        Optional[str], _opt("--dtypes", "Comma-separated: fp32, bf16, fp16 (CUDA). (default: fp32)")
+    ] = None,
+    layouts: Annotated[
+        Optional[str], _opt("--layouts", "Comma-separated: nchw, nhwc (channels-last). (default: nchw)")
+    ] = None,
+    channels_last: Annotated[bool, _opt("--channels-last", "Shorthand for --layouts nhwc.")] = False,
+    batch_sizes: Annotated[Optional[str], _opt("--batch-sizes", "Comma-separated. (default: 1,64)")] = None,
+    image_size: ImageSizeOpt = None,
+    stem: StemOpt = None,
+    warmup: Annotated[Optional[int], _opt("--warmup", "Untimed calls after the first. (default: 10)")] = None,
+    iters: Annotated[Optional[int], _opt("--iters", "Timed calls per variant. (default: 50)")] = None,
+    csv: Annotated[Optional[Path], _opt("--csv", "Also write every timing to this CSV file.")] = None,
+    device: DeviceOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Time eager, traced, scripted, frozen and compiled variants side by side.
+
+    Same input and warm-up for every variant; the first call is reported as cold start (compile
+    time for compile); median, p90 and spread over --iters calls; speed-up over eager fp32; and each
+    variant's output against eager fp32, so a fast but wrong variant shows as wrong.
+
+    Examples:
+
+      cifar-resnet bench --image-size 224 --batch-sizes 1 --dtypes fp32,bf16 --layouts nchw,nhwc
+
+      cifar-resnet bench runs/train/best.safetensors --batch-sizes 1,64 --csv bench.csv
+
+      cifar-resnet bench --device cuda --dtypes fp32,fp16 --json | jq .fastest_correct
+    """
+    from . import report
+    from .bench import benchmark
+
+    layout_list = _csv_list(layouts, "--layouts")
+    if channels_last:
+        layout_list = ["nhwc"] if layout_list is None else sorted(set(layout_list) | {"nhwc"})
+    flags = {
+        "bench.variants": _csv_list(variants, "--variants"),
+        "bench.dtypes": _csv_list(dtypes, "--dtypes"),
+        "bench.layouts": layout_list,
+        "bench.batch_sizes": _csv_list(batch_sizes, "--batch-sizes", int),
+        "model.image_size": image_size,
+        "model.stem": stem,
+        "bench.warmup": warmup,
+        "bench.iters": iters,
+        "device": device,
+    }
+    result = _run(ctx, flags, lambda s: benchmark(s, checkpoint, csv_path=csv))
+    report.print_warnings(result.warnings)
+    if json:
+        report.print_json(result)
+    else:
+        report.render_bench(result)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from .data import class_names
 from .datasets import CifarData, ImageSet, default_data_dir, load_cifar
 from .devices import device_description, resolve_device
 from .errors import CheckpointError
+from .export import is_archive, load_archive
 from .fileio import atomic_write_bytes, check_writable
 from .settings import Settings
 from .weights import WeightsMeta, load_model
@@ -93,8 +94,9 @@ def evaluate_model(
     tta: bool = False,
 ) -> Scores:
     """Evaluate ``model`` (eval mode) on a device-resident split, batch by batch."""
-    was_training = model.training
-    model.eval()
+    was_training = getattr(model, "training", False)  # a frozen TorchScript module has no mode
+    if hasattr(model, "training"):
+        model.eval()
     device = data.images.device
     parts = []
     try:
@@ -108,7 +110,8 @@ def evaluate_model(
                     logits = probs.clamp_min(1e-12).log()
             parts.append(score_logits(logits, data.labels[start : start + batch_size], num_classes))
     finally:
-        model.train(was_training)
+        if hasattr(model, "training"):
+            model.train(was_training)
     return merge(parts, num_classes)
 
 
@@ -189,7 +192,10 @@ def evaluate_checkpoint(settings: Settings, path: Path, *, confusion: Path | Non
     if confusion is not None:
         check_writable(confusion, force=True, what="--confusion file")
     device = resolve_device(settings.device)
-    model, meta = load_model(path)
+    if is_archive(path):  # a TorchScript archive from `export`: it carries the same metadata
+        model, meta, _ = load_archive(path, device)
+    else:
+        model, meta = load_model(path)
     check_classes(meta, _dataset_for(settings, meta), path)
     data = load_data_for(settings, meta)
     split = data.test if settings.eval.split == "test" else data.val

@@ -32,9 +32,19 @@ def check_writable(path: Path, *, force: bool, what: str = "output") -> None:
         raise CifarResnetError(f"{what} {path} already exists", "pass --force to overwrite it")
 
 
+def temporary_beside(path: Path) -> tuple[int, str]:
+    """A temporary file in ``path``'s directory (so the final rename is atomic), with the
+    permissions a plain ``open`` would give (mkstemp's are 0600)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.fchmod(fd, 0o666 & ~mask)
+    return fd, tmp
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -282,3 +282,70 @@ def render_eval(result) -> None:
     if result.confusion_csv:
         summary.add_row("confusion matrix", result.confusion_csv)
     out.print(summary)
+
+
+# ---------------------------------------------------------------------------------------------
+# export and bench
+# ---------------------------------------------------------------------------------------------
+
+
+def render_export(result) -> None:
+    table = Table(title=f"TorchScript archives from {result.checkpoint}", title_justify="left")
+    table.add_column("archive", overflow="fold")
+    table.add_column("method")
+    table.add_column("precision")
+    table.add_column("size", justify="right")
+    table.add_column("max |diff| (allowed)", justify="right")
+    table.add_column("top-1 agree", justify="right")
+    for a in result.archives:
+        g = a.agreement
+        table.add_row(
+            a.path, a.method, f"{a.dtype} {'nhwc' if a.channels_last else 'nchw'}", f"{a.bytes / 2**20:.1f} MiB",
+            f"{g.max_abs_diff:.3g} ({g.allowed:.3g})", Text(f"{g.top1_agreement:.0%}", style="green"),
+        )  # fmt: skip
+    out.print(table)
+    device = result.archives[0].verified_on if result.archives else "-"
+    out.print(
+        f"Each verified after a plain torch.jit.load on {device}: a batch of {result.verify_batch} (traced with "
+        f"{result.example_batch}), {result.image_size} px. Metadata: the archive's extra file cifar_resnet.json."
+    )
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.2f}"
+
+
+def render_bench(result) -> None:
+    env = result.environment
+    out.print(
+        f"torch {env.torch} | {env.device} | {env.threads} threads | {env.cpu} | python {env.python} | "
+        f"warm-up {env.warmup}, {env.iters} timed calls",
+        highlight=False,
+    )
+    groups: dict[tuple[str, int, int], list] = {}
+    for t in result.timings:
+        groups.setdefault((t.device, t.batch_size, t.image_size), []).append(t)
+    for (device, batch, size), rows in groups.items():
+        table = Table(title=f"{device}, batch {batch}, {size}x{size}", title_justify="left")
+        for col in ("variant", "median ms", "p90 ms", "Average Inference Time (seconds)", "images/s",
+                    "speed-up (IQR)", "cold start s", "max |diff|", "top-1 agree", "output"):  # fmt: skip
+            table.add_column(col, justify="left" if col in ("variant", "output") else "right")
+        for t in rows:
+            name = f"{t.variant} {t.dtype} {t.layout}"
+            if t.error:
+                table.add_row(name, *["-"] * 8, Text(f"failed: {t.error}", style="red"))
+                continue
+            speed = "1.00 (baseline)" if t.baseline else f"{t.speedup:.2f} ({t.speedup_low:.2f}-{t.speedup_high:.2f})"
+            verdict = Text("ok", style="green") if t.correct else Text("WRONG", style="bold red")
+            table.add_row(
+                name, _ms(t.median_s), _ms(t.p90_s), f"{t.mean_s:.4f}", f"{t.images_per_s:.1f}", speed,
+                f"{t.cold_start_s:.3f}", f"{t.max_abs_diff:.2g}", f"{t.top1_agreement:.0%}", verdict,
+            )  # fmt: skip
+        out.print(table)
+        if str(batch) in result.fastest_correct:
+            out.print(f"fastest correct at batch {batch}: {result.fastest_correct[str(batch)]}", highlight=False)
+    ref = ", ".join(f"{k} {v:.4f} s" for k, v in result.source_reference.items())
+    out.print(f"Source project's Average Inference Time (seconds), its own machine: {ref} "
+              "(traced 1.32x, scripted 1.22x).", highlight=False)  # fmt: skip
+    if result.csv:
+        out.print(f"CSV: {result.csv}")

@@ -12,7 +12,7 @@ import os
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
@@ -107,12 +107,33 @@ class EvalSettings(_Section):
     tta: bool = Field(False, description="average the predictions of the image and its mirror")
 
 
+Variant = Literal["eager", "trace", "script", "frozen", "compile"]
+Precision = Literal["fp32", "bf16", "fp16"]
+Layout = Literal["nchw", "nhwc"]
+
+
 class ExportSettings(_Section):
-    """TorchScript export. No options yet: the export command is not built."""
+    """TorchScript export and its verification."""
+
+    methods: list[Literal["trace", "script", "frozen"]] = Field(["trace", "script"], min_length=1)
+    dtype: Precision = Field("fp32", description="weights and compute dtype inside the archive")
+    channels_last: bool = False
+    example_batch: int = Field(2, ge=1, le=4096, description="batch size of the tracing example")
+    verify_batch: int = Field(5, ge=1, le=4096, description="batch size of the verification (must differ)")
+    atol: float | None = Field(None, gt=0, description="max |diff| allowed, relative to the largest logit")
+    min_agreement: float | None = Field(None, ge=0, le=1, description="top-1 agreement required")
+    out_dir: Path = Field(Path("exports"), description="where archives are written")
 
 
 class BenchSettings(_Section):
-    """Benchmarks. No options yet: the bench command is not built."""
+    """Benchmark variants, precisions, layouts, batch sizes and repetitions."""
+
+    variants: list[Variant] = Field(["eager", "trace", "script", "frozen", "compile"], min_length=1)
+    dtypes: list[Precision] = Field(["fp32"], min_length=1)
+    layouts: list[Layout] = Field(["nchw"], min_length=1)
+    batch_sizes: list[Annotated[int, Field(ge=1, le=65_536)]] = Field([1, 64], min_length=1)
+    warmup: int = Field(10, ge=0, le=10_000, description="untimed calls after the cold start")
+    iters: int = Field(50, ge=3, le=100_000, description="timed calls")
 
 
 class Settings(BaseSettings):
@@ -239,7 +260,7 @@ def load_settings(
 def _invalid(exc: ValidationError, overrides: dict[str, Any], toml_file: Path | None) -> InvalidSettingError:
     """The first validation error as one message naming the option, its origin and the rule."""
     err = exc.errors()[0]
-    loc = tuple(err["loc"])
+    loc = tuple(p for p in err["loc"] if isinstance(p, str))  # list items: name the list
     if not loc:  # a cross-field check (model validator)
         return InvalidSettingError(f"invalid settings: {err['msg'].removeprefix('Value error, ')}")
     where = _origin(loc, overrides, toml_file)

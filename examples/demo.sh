@@ -40,6 +40,15 @@ run=$(cifar-resnet train "${SYNTH[@]}" --init "$OUT/random-synthetic.safetensors
     --amp bf16 --channels-last --name finetune --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["run_dir"])')
 cifar-resnet eval "$run/best.safetensors" --data-dir "$OUT/data" --confusion "$run/confusion.csv"
 
-echo "== 8. The real download (fails offline with a clear message; the demo goes on) ==" >&2
+echo "== 8. Export TorchScript (trace, script, frozen), each verified against eager; eval an archive ==" >&2
+cifar-resnet export "$run/best.safetensors" --method all --out "$OUT/exports" --force
+cifar-resnet eval "$OUT/exports/best.trace.pt" --data-dir "$OUT/data" --json \
+    | python3 -c 'import json,sys; r=json.load(sys.stdin); print("traced archive: test top-1 %.4f" % r["top1"])'
+
+echo "== 9. Benchmark eager, traced, scripted and frozen side by side (short run) ==" >&2
+cifar-resnet bench "$run/best.safetensors" --variants eager,trace,script,frozen --dtypes fp32,bf16 \
+    --layouts nchw,nhwc --batch-sizes 64 --warmup 3 --iters 10
+
+echo "== 10. The real download (fails offline with a clear message; the demo goes on) ==" >&2
 cifar-resnet port --weights IMAGENET1K_V1 --out "$OUT/imagenet.safetensors" --force \
     || echo "(expected offline: use --from FILE.pth as in step 4, or --init none / --init FILE for train)" >&2

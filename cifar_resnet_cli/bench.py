@@ -1,0 +1,219 @@
+"""``bench``: eager, traced, scripted, frozen and compiled ResNet34 timed side by side, honestly.
+
+Every variant runs in one process on the same input, gets the same warm-up (TorchScript's profiling
+executor optimises during its first calls; the very first call is reported on its own as cold
+start, and for ``compile`` it holds the compile time), runs under ``torch.inference_mode()``, and
+is timed call by call with CUDA synchronised around each call. Reported: median, p90, mean and
+spread, images per second, speed-up over eager fp32 with its spread, and each variant's output
+against eager fp32, so that a fast but wrong variant shows as wrong.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel
+
+from .devices import device_description, resolve_device
+from .errors import CifarResnetError
+from .export import DTYPES, Deployed, build_variant, compare, tolerances
+from .fileio import atomic_write_bytes, check_writable
+from .model import resnet34
+from .settings import Settings
+from .weights import load_model
+
+# The source project's headline table (average inference time, seconds; its machine and batch).
+SOURCE_TABLE = {"eager": 0.0329, "trace": 0.0249, "script": 0.0269}
+
+
+class Timing(BaseModel):
+    variant: str
+    dtype: str
+    layout: str
+    batch_size: int
+    image_size: int
+    device: str
+    cold_start_s: float | None = None
+    median_s: float | None = None
+    p90_s: float | None = None
+    mean_s: float | None = None
+    p25_s: float | None = None
+    p75_s: float | None = None
+    iters: int = 0
+    images_per_s: float | None = None
+    speedup: float | None = None
+    speedup_low: float | None = None
+    speedup_high: float | None = None
+    max_abs_diff: float | None = None
+    top1_agreement: float | None = None
+    correct: bool | None = None
+    baseline: bool = False
+    error: str | None = None
+
+
+class Environment(BaseModel):
+    torch: str
+    device: str
+    threads: int
+    cpu: str
+    python: str
+    warmup: int
+    iters: int
+
+
+class BenchResult(BaseModel):
+    checkpoint: str | None
+    random_init: bool
+    environment: Environment
+    timings: list[Timing]
+    fastest_correct: dict[str, str]
+    source_reference: dict[str, float]
+    csv: str | None
+    warnings: list[str]
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def time_variant(fn, x: torch.Tensor, device: torch.device, *, warmup: int, iters: int) -> tuple[float, list[float]]:
+    """The first call (cold start), then ``warmup`` untimed calls, then ``iters`` timed calls."""
+    with torch.inference_mode():
+        _sync(device)
+        start = time.perf_counter()
+        fn(x)
+        _sync(device)
+        cold = time.perf_counter() - start
+        for _ in range(warmup):
+            fn(x)
+        _sync(device)
+        times = []
+        for _ in range(iters):
+            start = time.perf_counter()
+            fn(x)
+            _sync(device)
+            times.append(time.perf_counter() - start)
+    return cold, times
+
+
+def _make(model: torch.nn.Module, variant: str, example: torch.Tensor, dtype: str, layout: str) -> torch.nn.Module:
+    channels_last = layout == "nhwc"
+    if variant == "compile":
+        return torch.compile(Deployed(copy.deepcopy(model), DTYPES[dtype], channels_last).eval())
+    return build_variant(copy.deepcopy(model), variant, example, dtype=dtype, channels_last=channels_last)
+
+
+def benchmark(settings: Settings, path: Path | None = None, *, csv_path: Path | None = None,
+              tamper: str | None = None) -> BenchResult:  # fmt: skip
+    """Time every requested variant x dtype x layout x batch size; compare each with eager fp32.
+
+    ``tamper`` (tests only) names a variant whose output is made wrong, to show it is caught.
+    """
+    b = settings.bench
+    device = resolve_device(settings.device)
+    if "fp16" in b.dtypes and device.type != "cuda":
+        raise CifarResnetError("fp16 is benchmarked on CUDA only", "use --dtypes fp32,bf16 on the CPU")
+    if csv_path is not None:
+        check_writable(csv_path, force=True, what="--csv file")
+    warnings: list[str] = []
+    if path is not None:
+        model, meta = load_model(path)
+        size = settings.model.image_size if "image_size" in settings.model.model_fields_set else meta.image_size
+    else:
+        torch.manual_seed(settings.train.seed)
+        model = resnet34(num_classes=settings.num_classes, stem=settings.model.stem)
+        size = settings.model.image_size
+        warnings.append(
+            f"no checkpoint: benchmarking a random-initialised ResNet34 ({settings.model.stem} stem, "
+            f"{settings.num_classes} classes); timings do not depend on the weights, agreement figures do"
+        )
+    model.eval().to(device)
+    gen = torch.Generator().manual_seed(settings.train.seed)
+    timings: list[Timing] = []
+    inputs = {batch: torch.randn(batch, 3, size, size, generator=gen).to(device) for batch in b.batch_sizes}
+    with torch.inference_mode():
+        references = {batch: model(x).float() for batch, x in inputs.items()}
+    example = torch.randn(2, 3, size, size, generator=gen).to(device)  # ResNet graphs do not depend on the batch
+    combos = [("eager", "fp32", "nchw", True)] + [
+        (v, d, lay, False) for d in b.dtypes for lay in b.layouts for v in b.variants
+        if not (v == "eager" and d == "fp32" and lay == "nchw")
+    ]  # fmt: skip
+    raw: dict[tuple[int, int], list[float]] = {}  # (combo index, batch) -> call times
+    for index, (variant, dtype, layout, is_base) in enumerate(combos):
+        atol, min_agree = tolerances(dtype, None, None)
+        fn = None
+        for batch, x in inputs.items():
+            row = Timing(variant=variant, dtype=dtype, layout=layout, batch_size=batch, image_size=size,
+                         device=device_description(device), baseline=is_base)  # fmt: skip
+            try:
+                if fn is None:  # built once per variant, timed at every batch size
+                    fn = _make(model, variant, example, dtype, layout)
+                    if tamper == variant and not is_base:
+                        inner = fn
+                        fn = lambda t, inner=inner: inner(t).roll(1, dims=1)  # noqa: E731  (a wrong variant)
+                cold, times = time_variant(fn, x, device, warmup=b.warmup, iters=b.iters)
+                agreement = compare(fn, references[batch], x, atol)
+            except Exception as exc:  # a variant that cannot be built or run here is reported, not hidden
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                row.error = f"{type(exc).__name__}: {first}"
+                timings.append(row)
+                break
+            med = statistics.median(times)
+            row.cold_start_s, row.median_s, row.mean_s = cold, med, statistics.fmean(times)
+            row.p90_s, row.p25_s, row.p75_s = _quantile(times, 0.9), _quantile(times, 0.25), _quantile(times, 0.75)
+            row.iters, row.images_per_s = len(times), batch / med
+            row.max_abs_diff, row.top1_agreement = agreement.max_abs_diff, agreement.top1_agreement
+            row.correct = agreement.ok(min_agree)
+            raw[(index, batch)] = times
+            timings.append(row)
+    for row in timings:  # speed-up over eager fp32 at the same batch size, with its spread (IQR)
+        base = raw.get((0, row.batch_size))
+        if base and row.median_s:
+            row.speedup = statistics.median(base) / row.median_s
+            row.speedup_low = _quantile(base, 0.25) / (row.p75_s or row.median_s)
+            row.speedup_high = _quantile(base, 0.75) / (row.p25_s or row.median_s)
+    timings.sort(key=lambda t: b.batch_sizes.index(t.batch_size))  # stable: variant order kept per batch
+    fastest = {}
+    for batch in b.batch_sizes:
+        ok = [t for t in timings if t.batch_size == batch and t.correct and t.median_s]
+        if ok:
+            best = min(ok, key=lambda t: t.median_s or 0)
+            fastest[str(batch)] = f"{best.variant} {best.dtype} {best.layout} ({best.speedup:.2f}x eager fp32)"
+    env = Environment(torch=torch.__version__, device=device_description(device), threads=torch.get_num_threads(),
+                      cpu=cpu_name(), python=platform.python_version(), warmup=b.warmup, iters=b.iters)  # fmt: skip
+    if csv_path is not None:
+        buf = io.StringIO()
+        fields = list(Timing.model_fields)
+        writer = csv.DictWriter(buf, fieldnames=fields)
+        writer.writeheader()
+        for t in timings:
+            writer.writerow(t.model_dump())
+        atomic_write_bytes(csv_path, buf.getvalue().encode())
+    return BenchResult(checkpoint=str(path) if path else None, random_init=path is None, environment=env,
+                       timings=timings, fastest_correct=fastest, source_reference=SOURCE_TABLE,
+                       csv=str(csv_path) if csv_path else None, warnings=warnings)  # fmt: skip

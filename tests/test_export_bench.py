@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifar_resnet_cli import export as export_module
+from cifar_resnet_cli.bench import BenchResult, benchmark
+from cifar_resnet_cli.export import METADATA_FILE, ExportResult, build_variant
+from cifar_resnet_cli.model import resnet34
+from cifar_resnet_cli.settings import load_settings
+from cifar_resnet_cli.weights import load_model
+
+
+@pytest.fixture
+def checkpoint(cli, tmp_path: Path) -> Path:
+    path = tmp_path / "w.safetensors"
+    assert cli("port", "--weights", "none", "--dataset", "synthetic", "--out", path).exit_code == 0
+    return path
+
+
+@pytest.mark.parametrize("stem", ["imagenet", "cifar"])
+@pytest.mark.parametrize("method", ["trace", "script", "frozen"])
+def test_variants_of_both_stems_match_eager(stem: str, method: str) -> None:
+    model = resnet34(num_classes=10, stem=stem).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        expected = model(x)
+        variant = build_variant(model, method, torch.randn(2, 3, 32, 32))
+        out = variant(x)
+    assert torch.allclose(out, expected, atol=1e-4, rtol=0)
+
+
+def test_export_writes_verified_archives_with_metadata(cli, checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "exports"
+    out.mkdir()
+    result = ExportResult.model_validate(cli.json("export", checkpoint, "--method", "all", "--out", out))
+    assert [a.method for a in result.archives] == ["trace", "script", "frozen"]
+    assert all(a.agreement.top1_agreement == 1.0 and a.agreement.images == 5 for a in result.archives)
+    model, meta = load_model(checkpoint)
+    x = torch.randn(7, 3, 32, 32)
+    with torch.inference_mode():
+        expected = model.eval()(x)
+    for archive in result.archives:
+        extra = {METADATA_FILE: ""}
+        loaded = torch.jit.load(archive.path, map_location="cpu", _extra_files=extra)  # plain PyTorch
+        data = json.loads(extra[METADATA_FILE])
+        assert data["class_names"] == meta.class_names and data["mean"] == list(meta.mean)
+        assert data["image_size"] == 32 and data["export_method"] == archive.method
+        assert data["exported_from_sha256"] == result.checkpoint_sha256 and data["source_sha256"] == "none"
+        with torch.inference_mode():
+            assert torch.allclose(loaded(x), expected, atol=1e-4, rtol=0)
+    assert sorted(p.name for p in out.iterdir()) == ["w.frozen.pt", "w.script.pt", "w.trace.pt"]
+
+
+def test_reduced_precision_archive(cli, checkpoint: Path, tmp_path: Path) -> None:
+    r = ExportResult.model_validate(
+        cli.json("export", checkpoint, "--method", "frozen", "--dtype", "bf16", "--channels-last", "--out", tmp_path)
+    )
+    archive = r.archives[0]
+    assert archive.dtype == "bf16" and archive.channels_last and Path(archive.path).name == "w.frozen.bf16.cl.pt"
+    assert archive.min_agreement == 0.9 and archive.atol == 5e-2
+    assert torch.jit.load(archive.path)(torch.randn(2, 3, 32, 32)).dtype == torch.float32
+
+
+def test_a_broken_archive_is_caught_and_not_kept(cli, checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    original = export_module.build_variant
+
+    def broken(model, method, example, **kw):
+        with torch.no_grad():
+            model.layer2[0].bn1.running_mean.add_(0.5)  # the archive computes something else
+        return original(model, method, example, **kw)
+
+    monkeypatch.setattr(export_module, "build_variant", broken)
+    r = cli("export", checkpoint, "--method", "script", "--out", tmp_path)
+    assert r.exit_code == 1 and "differs from the eager model" in r.err and "nothing was written" in r.err
+    assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_archive_loads_with_map_location(cli, checkpoint: Path, tmp_path: Path) -> None:
+    r = cli.json("export", checkpoint, "--method", "trace", "--out", tmp_path)
+    path = r["archives"][0]["path"]
+    graph = torch.jit.load(path, map_location="cpu").graph
+    assert "cuda" not in str(graph)  # traced on the CPU, no device baked in
+    assert torch.jit.load(path, map_location=torch.device("cpu"))(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_eval_of_an_archive_equals_eval_of_its_checkpoint(cli, tmp_path: Path) -> None:
+    run = cli.json("train", "--dataset", "synthetic", "--synthetic-size", "600", "--val-size", "200", "--init", "none",
+                   "--epochs", "1", "--batch-size", "50", "--limit-batches", "4")  # fmt: skip
+    ckpt = Path(run["run_dir"]) / "best.safetensors"
+    exported = cli.json("export", ckpt, "--method", "all", "--out", tmp_path)
+    reference = cli.json("eval", ckpt)
+    for archive in exported["archives"]:
+        result = cli.json("eval", archive["path"])
+        assert result["top1"] == reference["top1"] and result["confusion"] == reference["confusion"]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["export", "missing.safetensors"], 1, "does not exist"),
+        (["bench", "missing.safetensors"], 1, "does not exist"),
+        (["bench", "--batch-sizes", "0"], 2, "--batch-sizes"),
+        (["bench", "--variants", "eager,onnx"], 2, "--variants"),
+        (["bench", "--device", "cuda"], 1, "CUDA is not available"),
+        (["export", "notes.safetensors"], 1, "not a readable safetensors file"),
+        (["export", "w.safetensors", "--example-batch", "5"], 1, "must differ"),
+        (["export", "w.safetensors", "--out", "nowhere"], 1, "does not exist"),
+    ],
+)
+def test_bad_input(cli, checkpoint: Path, args: list[str], code: int, message: str) -> None:
+    if torch.cuda.is_available() and "cuda" in args:
+        pytest.skip("this machine has CUDA")
+    Path("notes.safetensors").write_text("not weights")
+    Path("w.safetensors").write_bytes(checkpoint.read_bytes())
+    r = cli(*args)
+    assert r.exit_code == code, r.stderr
+    assert message in r.err and "Traceback" not in r.stderr
+
+
+def test_bench_json_has_every_variant_and_agreement(cli) -> None:
+    data = cli.json("bench", "--variants", "eager,trace,script,frozen", "--dtypes", "fp32,bf16", "--batch-sizes",
+                    "1,3", "--warmup", "1", "--iters", "3")  # fmt: skip
+    result = BenchResult.model_validate(data)
+    assert result.random_init and "random-initialised" in result.warnings[0]
+    for batch in (1, 3):
+        rows = [t for t in result.timings if t.batch_size == batch]
+        assert {(t.variant, t.dtype) for t in rows} == {
+            (v, d) for v in ("eager", "trace", "script", "frozen") for d in ("fp32", "bf16")
+        }
+        assert sum(t.baseline for t in rows) == 1
+        for t in rows:
+            assert t.error is None and t.correct and t.iters == 3 and t.median_s > 0 and t.cold_start_s > 0
+            assert t.images_per_s == pytest.approx(batch / t.median_s)
+    assert set(result.fastest_correct) == {"1", "3"}
+
+
+def test_a_wrong_variant_is_reported_as_wrong(tmp_path: Path) -> None:
+    settings = load_settings(None, {"bench": {"variants": ["eager", "trace"], "batch_sizes": [4], "warmup": 0,
+                                              "iters": 3}})  # fmt: skip
+    result = benchmark(settings, tamper="trace", csv_path=tmp_path / "b.csv")
+    trace = next(t for t in result.timings if t.variant == "trace")
+    assert trace.correct is False and trace.top1_agreement < 1.0
+    assert "trace" not in result.fastest_correct["4"]
+    lines = (tmp_path / "b.csv").read_text().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("variant,dtype,layout")
