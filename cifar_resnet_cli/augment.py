@@ -115,3 +115,24 @@ def mix_batch(
     if use_cutmix:
         return cutmix(x, target, cutmix_alpha, generator)
     return mixup(x, target, mixup_alpha, generator)
+
+
+def fit_image(image: torch.Tensor, size: int, mode: str = "crop") -> torch.Tensor:
+    """A uint8 image [3, H, W] of any size -> uint8 [3, size, size] for the model.
+
+    ``crop`` keeps the aspect ratio: the shorter side is resized to ``size`` and the centre is
+    cropped; ``stretch`` resizes both sides to ``size``. Resampling is the same antialiased bilinear
+    filter as :func:`preprocess` uses.
+    """
+    _, h, w = image.shape
+    if mode == "stretch":
+        target = (size, size)
+    else:
+        scale = size / min(h, w)
+        target = (max(size, round(h * scale)), max(size, round(w * scale)))
+    x = image[None].float()
+    if (h, w) != target:
+        x = F.interpolate(x, size=target, mode="bilinear", align_corners=False, antialias=True)
+    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    x = x[..., top : top + size, left : left + size]
+    return x[0].round().clamp(0, 255).to(torch.uint8)

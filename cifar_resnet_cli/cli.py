@@ -736,5 +736,64 @@ def bench_cmd(
         report.render_bench(result)
 
 
+class ResizeMode(StrEnum):
+    crop = "crop"
+    stretch = "stretch"
+
+
+@app.command("predict")
+def predict_cmd(
+    ctx: typer.Context,
+    model: Annotated[Path, typer.Argument(help="A .safetensors checkpoint or a TorchScript archive from export.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or directories.")],
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Walk directories recursively.")] = False,
+    top_k: Annotated[int, _opt("--top-k", "Classes shown per image.", min=1)] = 3,
+    resize: Annotated[
+        ResizeMode, _opt("--resize", "crop: keep the aspect ratio and crop the centre; stretch: resize both sides.")
+    ] = ResizeMode.crop,
+    batch_size: Annotated[int, _opt("--batch-size", "Images per forward pass.", min=1)] = 64,
+    csv: Annotated[Optional[Path], _opt("--csv", "Also write the predictions to this CSV file.")] = None,
+    device: DeviceOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Classify your own images (PNG, JPEG, BMP, WebP, anything Pillow reads).
+
+    Preprocessing comes from the model's metadata: converted to RGB, resized to its input size,
+    normalised with its mean/std. A file that cannot be read is reported in its row and the others
+    are still classified; the exit code is 1 if any file failed.
+
+    Examples:
+
+      cifar-resnet predict runs/train/best.safetensors cat.jpg dog.png
+
+      cifar-resnet predict exports/best.trace.pt photos/ --recursive --top-k 5 --csv predictions.csv
+
+      cifar-resnet predict best.safetensors photos/ --json | jq '.predictions[].top[0].label'
+    """
+    from . import report
+    from .errors import CifarResnetError
+    from .predict import predict_images
+
+    flags = {"device": device}
+    progress = report.CountProgress("classifying")
+    result = _run(ctx, flags, lambda s: predict_images(
+        s, model, images, recursive=recursive, top_k=top_k, resize=resize.value, batch_size=batch_size,
+        csv_path=csv, progress=progress,
+    ))  # fmt: skip
+    report.print_warnings(result.warnings)
+    if json:
+        report.print_json(result)
+    else:
+        report.render_predict(result)
+    if result.failed:
+        _fail(ctx, CifarResnetError(f"{result.failed} of {len(result.predictions)} files could not be classified",
+                                    "see the error column"))  # fmt: skip
+
+
 def main() -> None:
+    import warnings
+
+    # torch >= 2.9 marks torch.jit as deprecated in favour of torch.export; TorchScript is still what
+    # `export` is asked to write, and the warning on every command would only be noise.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
     app(prog_name="cifar-resnet")

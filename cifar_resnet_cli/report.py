@@ -349,3 +349,49 @@ def render_bench(result) -> None:
               "(traced 1.32x, scripted 1.22x).", highlight=False)  # fmt: skip
     if result.csv:
         out.print(f"CSV: {result.csv}")
+
+
+# ---------------------------------------------------------------------------------------------
+# predict
+# ---------------------------------------------------------------------------------------------
+
+
+class CountProgress:
+    """A progress bar over items on stderr, shown only for more than a handful of them."""
+
+    def __init__(self, what: str, threshold: int = 16) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                  console=err, transient=True)  # fmt: skip
+        self._threshold = threshold
+        self._task = None
+
+    def start(self, total: int) -> None:
+        if total > self._threshold:
+            self._progress.start()
+            self._task = self._progress.add_task("", total=total)
+
+    def advance(self, n: int) -> None:
+        if self._task is not None:
+            self._progress.advance(self._task, n)
+
+    def stop(self) -> None:
+        self._progress.stop()
+
+
+def render_predict(result) -> None:
+    table = Table(title=f"{result.model} ({result.image_size} px, {result.resize}, {result.device})",
+                  title_justify="left")  # fmt: skip
+    table.add_column("file", overflow="fold")
+    table.add_column("size")
+    table.add_column("top classes")
+    for p in result.predictions:
+        if p.error:
+            table.add_row(p.file, "-", Text(f"error: {p.error}", style="red"))
+            continue
+        guesses = ", ".join(f"{g.label} {g.probability:.1%}" for g in p.top)
+        table.add_row(p.file, f"{p.width}x{p.height} {p.mode}", guesses)
+    out.print(table)
+    if result.csv:
+        out.print(f"CSV: {result.csv}")

@@ -49,6 +49,21 @@ echo "== 9. Benchmark eager, traced, scripted and frozen side by side (short run
 cifar-resnet bench "$run/best.safetensors" --variants eager,trace,script,frozen --dtypes fp32,bf16 \
     --layouts nchw,nhwc --batch-sizes 64 --warmup 3 --iters 10
 
-echo "== 10. The real download (fails offline with a clear message; the demo goes on) ==" >&2
+echo "== 10. predict: a few synthetic test images written out as PNG files, classified by the archive ==" >&2
+python3 - "$OUT/data" "$OUT/images" <<'PY'
+import pathlib, pickle, sys
+import numpy as np
+from PIL import Image
+data_dir, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+out.mkdir(parents=True, exist_ok=True)
+batch = pickle.loads(next(data_dir.glob("synthetic-10c-*/test_batch")).read_bytes(), encoding="latin1")
+names = pickle.loads(next(data_dir.glob("synthetic-10c-*/batches.meta")).read_bytes(), encoding="latin1")["label_names"]
+for i in range(6):
+    image = batch["data"][i].reshape(3, 32, 32).transpose(1, 2, 0)
+    Image.fromarray(np.ascontiguousarray(image)).resize((96, 96)).save(out / f"{i}-{names[batch['labels'][i]]}.png")
+PY
+cifar-resnet predict "$OUT/exports/best.trace.pt" "$OUT/images" --top-k 2
+
+echo "== 11. The real download (fails offline with a clear message; the demo goes on) ==" >&2
 cifar-resnet port --weights IMAGENET1K_V1 --out "$OUT/imagenet.safetensors" --force \
     || echo "(expected offline: use --from FILE.pth as in step 4, or --init none / --init FILE for train)" >&2
