@@ -532,6 +532,9 @@ def eval_cmd(
     batch_size: Annotated[Optional[int], _opt("--batch-size", "Images per batch. (default: 512)")] = None,
     tta: Annotated[Optional[bool], _opt("--tta/--no-tta", "Average with the mirrored image. (default: off)")] = None,
     confusion: Annotated[Optional[Path], _opt("--confusion", "Write the confusion matrix to this CSV file.")] = None,
+    confusion_plot: Annotated[
+        Optional[Path], _opt("--confusion-plot", "Draw the confusion matrix into this PNG (needs matplotlib).")
+    ] = None,
     device: DeviceOpt = None,
     json: JsonOpt = False,
 ) -> None:
@@ -560,7 +563,9 @@ def eval_cmd(
         "eval.tta": tta,
         "device": device,
     }
-    result = _run(ctx, flags, lambda s: evaluate_checkpoint(s, checkpoint, confusion=confusion))
+    result = _run(
+        ctx, flags, lambda s: evaluate_checkpoint(s, checkpoint, confusion=confusion, confusion_plot=confusion_plot)
+    )
     report.print_warnings(result.warnings)
     if json:
         report.print_json(result)
@@ -788,6 +793,83 @@ def predict_cmd(
     if result.failed:
         _fail(ctx, CifarResnetError(f"{result.failed} of {len(result.predictions)} files could not be classified",
                                     "see the error column"))  # fmt: skip
+
+
+@app.command("ablate")
+def ablate_cmd(
+    ctx: typer.Context,
+    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint (from train).")],
+    split: Annotated[Optional[Split], _opt("--split", "Images to measure on. (default: test)")] = None,
+    limit: Annotated[Optional[int], _opt("--limit", "Use only the first N images, for a quick look.", min=1)] = None,
+    plot: Annotated[Optional[Path], _opt("--plot", "Bar chart of the drops (PNG, needs matplotlib).")] = None,
+    dataset: Annotated[
+        Optional[DatasetName], typer.Option("--dataset", help="Dataset to measure on. (default: the checkpoint's)")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = None,
+    batch_size: Annotated[Optional[int], _opt("--batch-size", "Images per batch. (default: 512)")] = None,
+    device: DeviceOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Remove each residual block's branch (then each stage's) and measure what top-1 loses.
+
+    A block without its residual branch passes relu(shortcut(x)): the identity, or the 1x1
+    downsample where the shape changes. Results are sorted by the drop against the intact model.
+
+    Examples:
+
+      cifar-resnet ablate runs/train/best.safetensors --split val --limit 1000
+
+      cifar-resnet ablate runs/train/best.safetensors --plot ablation.png --json | jq '.rows[0]'
+    """
+    from . import report
+    from .ablate import ablate
+
+    flags = {"eval.split": split, "data.dataset": dataset, "data.data_dir": data_dir, "data.download": download,
+             "eval.batch_size": batch_size, "device": device}  # fmt: skip
+    result = _run(ctx, flags, lambda s: ablate(s, checkpoint, limit=limit, plot=plot))
+    report.print_warnings(result.warnings)
+    if json:
+        report.print_json(result)
+    else:
+        report.render_ablate(result)
+
+
+class SortKey(StrEnum):
+    best_val_top1 = "best_val_top1"
+    test_top1 = "test_top1"
+    time_s = "time_s"
+    images_per_s = "images_per_s"
+    run = "run"
+
+
+@app.command("compare")
+def compare_cmd(
+    ctx: typer.Context,
+    runs: Annotated[list[Path], typer.Argument(help="Run directories made by train.")],
+    sort: Annotated[SortKey, _opt("--sort", "Order of the rows (metrics: highest first).")] = SortKey.best_val_top1,
+    plot: Annotated[
+        Optional[Path], _opt("--plot", "Learning curves of every run in one PNG (needs matplotlib).")
+    ] = None,
+    json: JsonOpt = False,
+) -> None:
+    """Compare run directories: the settings that differ, best validation and test top-1, time, speed.
+
+    Examples:
+
+      cifar-resnet compare runs/*
+
+      cifar-resnet compare runs/sgd runs/adamw --sort test_top1 --plot curves.png
+    """
+    from . import report
+    from .compare import compare_runs
+
+    result = _run(ctx, {}, lambda s: compare_runs(runs, sort=sort.value, plot=plot))
+    report.print_warnings(result.warnings)
+    if json:
+        report.print_json(result)
+    else:
+        report.render_compare(result)
 
 
 def main() -> None:

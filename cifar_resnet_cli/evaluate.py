@@ -21,6 +21,7 @@ from .devices import device_description, resolve_device
 from .errors import CheckpointError
 from .export import is_archive, load_archive
 from .fileio import atomic_write_bytes, check_writable
+from .plots import PlotUnavailable, plot_confusion
 from .settings import Settings
 from .weights import WeightsMeta, load_model
 
@@ -136,6 +137,7 @@ class EvalResult(BaseModel):
     confusion: list[list[int]]
     class_names: list[str]
     confusion_csv: str | None
+    confusion_plot: str | None = None
     device: str
     time_s: float
     images_per_s: float
@@ -187,10 +189,13 @@ def confusion_csv(confusion: torch.Tensor, names: Sequence[str]) -> bytes:
     return buf.getvalue().encode()
 
 
-def evaluate_checkpoint(settings: Settings, path: Path, *, confusion: Path | None = None) -> EvalResult:
+def evaluate_checkpoint(
+    settings: Settings, path: Path, *, confusion: Path | None = None, confusion_plot: Path | None = None
+) -> EvalResult:
     """Evaluate one of our checkpoints on the test (or validation) split."""
-    if confusion is not None:
-        check_writable(confusion, force=True, what="--confusion file")
+    for target, what in ((confusion, "--confusion file"), (confusion_plot, "--confusion-plot file")):
+        if target is not None:
+            check_writable(target, force=True, what=what)
     device = resolve_device(settings.device)
     if is_archive(path):  # a TorchScript archive from `export`: it carries the same metadata
         model, meta, _ = load_archive(path, device)
@@ -218,6 +223,13 @@ def evaluate_checkpoint(settings: Settings, path: Path, *, confusion: Path | Non
     warnings = []
     if data.synthetic:
         warnings.append("evaluated on SYNTHETIC data, not CIFAR: the numbers say nothing about real images")
+    plotted = None
+    if confusion_plot is not None:
+        try:
+            plot_confusion(scores.confusion.tolist(), data.classes, confusion_plot)
+            plotted = str(confusion_plot)
+        except PlotUnavailable as exc:
+            warnings.append(f"no confusion plot: {exc.hint}")
     if not meta.pretrained and meta.trained_epochs is None:
         warnings.append(f"{path} holds random, untrained weights")
     return EvalResult(
@@ -234,6 +246,7 @@ def evaluate_checkpoint(settings: Settings, path: Path, *, confusion: Path | Non
         confusion=scores.confusion.tolist(),
         class_names=list(data.classes),
         confusion_csv=str(confusion) if confusion is not None else None,
+        confusion_plot=plotted,
         device=device_description(device),
         time_s=elapsed,
         images_per_s=scores.count / elapsed if elapsed > 0 else 0.0,

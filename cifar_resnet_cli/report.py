@@ -395,3 +395,50 @@ def render_predict(result) -> None:
     out.print(table)
     if result.csv:
         out.print(f"CSV: {result.csv}")
+
+
+# ---------------------------------------------------------------------------------------------
+# ablate and compare
+# ---------------------------------------------------------------------------------------------
+
+
+def render_ablate(result) -> None:
+    title = (f"Residual branches removed: {result.checkpoint} on {result.dataset} {result.split} "
+             f"({result.images} images), intact top-1 {_pct(result.intact_top1)}")  # fmt: skip
+    table = Table(title=title, title_justify="left")
+    table.add_column("removed")
+    table.add_column("kind")
+    table.add_column("top-1", justify="right")
+    table.add_column("drop (points)", justify="right")
+    for r in result.rows:
+        table.add_row(r.name, r.kind, _pct(r.top1), f"{100 * r.drop:+.2f}")
+    out.print(table)
+    if result.plot:
+        out.print(f"plot: {result.plot}")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "-" if value is None else str(value)
+
+
+def render_compare(result) -> None:
+    table = Table(title=f"Runs, sorted by {result.sort}", title_justify="left")
+    table.add_column("run", overflow="fold")
+    for key in result.differing:
+        table.add_column(key.split(".", 1)[-1])
+    for col in ("best val top-1", "test top-1", "epochs", "time", "img/s"):
+        table.add_column(col, justify="right")
+    for r in result.rows:
+        table.add_row(
+            r.run, *[_fmt(r.settings.get(k)) for k in result.differing],
+            f"{_pct(r.best_val_top1)} (ep {r.best_epoch})" if r.best_epoch else _pct(r.best_val_top1),
+            _pct(r.test_top1), str(r.epochs), "-" if r.time_s is None else f"{r.time_s:.1f} s",
+            "-" if r.images_per_s is None else f"{r.images_per_s:.0f}",
+        )  # fmt: skip
+    out.print(table)
+    if not result.differing:
+        out.print("The runs have the same settings (apart from names and paths).")
+    if result.plot:
+        out.print(f"plot: {result.plot}")

@@ -15,6 +15,7 @@ LAST = "last.safetensors"
 LAST_STATE = "last.state.safetensors"
 BEST = "best.safetensors"
 SUMMARY = "summary.json"
+CURVES = "curves.png"
 
 
 def create_run_dir(root: Path, name: str) -> Path:

@@ -34,6 +34,7 @@ from .errors import CheckpointError, CifarResnetError, ConfigError, DownloadErro
 from .evaluate import Scores, autocast, evaluate_model, load_data_for, merge, score_logits
 from .fileio import atomic_write_bytes
 from .model import ResNet, freeze_backbone, resnet34
+from .plots import PlotUnavailable, plot_curves
 from .settings import Settings
 from .weights import WeightsMeta, load_model, model_from_tensors, save_weights
 
@@ -630,6 +631,10 @@ def train(settings: Settings, progress: TrainProgress | None = None, *, resume: 
         images_per_s=trained_images / max(train_time, 1e-9), resumed_from_epoch=resumed_from,
         device=device_description(device), history=history, warnings=warnings,
     )  # fmt: skip
+    try:
+        plot_curves({run_dir.name: [h.model_dump() for h in history]}, run_dir / rundir.CURVES)
+    except PlotUnavailable as exc:
+        result.warnings.append(f"no {rundir.CURVES}: {exc.hint}")
     rundir.write_json(run_dir / rundir.SUMMARY, result.model_dump(mode="json"))
     return result
 
