@@ -393,7 +393,14 @@ def train_cmd(
     epochs: Annotated[
         Optional[int], _opt("--epochs", "Epochs in all (raise it on --resume to train longer). (default: 10)")
     ] = None,
-    batch_size: Annotated[Optional[int], _opt("--batch-size", "Images per optimisation step. (default: 128)")] = None,
+    batch_size: Annotated[
+        Optional[int],
+        _opt(
+            "--batch-size",
+            "Images per optimisation step, all processes together: under torchrun "
+            "each of N processes takes 1/N of it. (default: 128)",
+        ),
+    ] = None,
     lr: Annotated[Optional[float], _opt("--lr", "Peak learning rate. (default: 0.05)")] = None,
     optimizer: Annotated[Optional[Optim], _opt("--optimizer", "SGD with momentum, or AdamW. (default: sgd)")] = None,
     momentum: Annotated[Optional[float], _opt("--momentum", "SGD momentum / AdamW beta1. (default: 0.9)")] = None,
@@ -432,6 +439,12 @@ def train_cmd(
         ),
     ] = None,
     seed: SeedOpt = None,
+    sync_bn: Annotated[
+        Optional[bool], _opt("--sync-bn/--no-sync-bn", "torchrun: BatchNorm statistics over the global batch.")
+    ] = None,
+    dist_timeout: Annotated[
+        Optional[float], _opt("--dist-timeout", "torchrun: seconds before a stuck rank fails. (default: 600)")
+    ] = None,
     runs_dir: Annotated[Optional[Path], _opt("--runs-dir", "Where run directories go. (default: runs)")] = None,
     name: Annotated[Optional[str], _opt("--name", "Run directory name, auto-numbered. (default: train)")] = None,
     resume: Annotated[
@@ -456,6 +469,8 @@ def train_cmd(
       cifar-resnet train --dataset synthetic --init none --epochs 2 --val-size 1000
 
       cifar-resnet train --resume runs/train --epochs 20
+
+      torchrun --nproc-per-node 8 -m cifar_resnet_cli train --dataset cifar100 --batch-size 1024 --sync-bn
     """
     from . import report
     from .train import settings_for_resume, train
@@ -503,6 +518,8 @@ def train_cmd(
         "train.limit_batches": limit_batches,
         "train.cache_features": cache_features,
         "train.seed": seed,
+        "train.sync_bn": sync_bn,
+        "train.dist_timeout": dist_timeout,
         "train.runs_dir": runs_dir,
         "train.name": name,
         "device": device,
@@ -510,6 +527,8 @@ def train_cmd(
     progress = report.TrainProgressBar()  # stderr, so it never mixes with --json on stdout
     factory = (lambda o: settings_for_resume(resume, o)) if resume is not None else None
     result = _run(ctx, flags, lambda s: train(s, progress, resume=resume), settings_factory=factory)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun, rank 0 alone reports
     report.print_warnings(result.warnings)
     if json:
         report.print_json(result)

@@ -95,6 +95,8 @@ class TrainSettings(_Section):
     limit_batches: int | None = Field(None, ge=1, description="at most this many steps per epoch")
     cache_features: bool = Field(True, description="frozen backbone, no augmentation: compute features once")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed for every random draw")
+    sync_bn: bool = Field(False, description="torchrun: BatchNorm statistics over the global batch")
+    dist_timeout: float = Field(600.0, gt=0, le=86_400, description="torchrun: seconds before a stuck rank fails")
     runs_dir: Path = Field(Path("runs"), description="where run directories are made")
     name: str | None = Field(None, description="run directory name (auto-numbered); default train")
 

@@ -24,12 +24,14 @@ from pydantic import BaseModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save as st_save
+from torch.nn.parallel import DistributedDataParallel
 
-from . import rundir
+from . import distributed, rundir
 from .augment import mix_batch, preprocess, random_crop_flip
 from .data import CIFAR_STATS
-from .datasets import CifarData, default_data_dir
+from .datasets import CifarData, ImageSet, default_data_dir
 from .devices import device_description, resolve_device
+from .distributed import DistContext, DistributedError, all_reduce_sum, barrier, broadcast_object
 from .errors import CheckpointError, CifarResnetError, ConfigError, DownloadError
 from .evaluate import Scores, autocast, evaluate_model, load_data_for, merge, score_logits
 from .fileio import atomic_write_bytes
@@ -62,6 +64,8 @@ class EpochMetrics(BaseModel):
     epoch_time_s: float
     images_per_s: float
     best: bool
+    train_samples: int = 0  # images trained on in the epoch, all ranks together
+    val_samples: int = 0  # images scored for validation, all ranks together
 
 
 class TrainResult(BaseModel):
@@ -88,6 +92,7 @@ class TrainResult(BaseModel):
     images_per_s: float
     resumed_from_epoch: int | None
     device: str
+    processes: int = 1
     history: list[EpochMetrics]
     warnings: list[str]
 
@@ -256,14 +261,15 @@ def _sha(path: Path) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _save_state(path: Path, *, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-                scaler: torch.amp.GradScaler | None, progress: dict[str, Any],
-                epoch_perm: torch.Tensor | None) -> None:  # fmt: skip
-    """Everything but the weights that an exact resume needs, as one safetensors file."""
+def _save_state(path: Path, *, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+                progress: dict[str, Any]) -> None:  # fmt: skip
+    """Everything but the weights that an exact resume needs, as one safetensors file.
+
+    The data order and the augmentation draws are functions of (seed, epoch, step, rank), so no
+    data RNG state is needed; the optimizer state, the step and the best score are.
+    """
     opt = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {"rng.data": generator.get_state(), "rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
     scalars: dict[str, dict[str, Any]] = {}
     for idx, entry in opt["state"].items():
         for key, value in entry.items():
@@ -271,8 +277,6 @@ def _save_state(path: Path, *, optimizer: torch.optim.Optimizer, generator: torc
                 tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(idx), {})[key] = value
-    if epoch_perm is not None:
-        tensors["epoch_perm"] = epoch_perm.cpu().contiguous()
     header = {
         "format_version": STATE_FORMAT,
         "progress": json.dumps(progress),
@@ -281,6 +285,16 @@ def _save_state(path: Path, *, optimizer: torch.optim.Optimizer, generator: torc
         "scaler": json.dumps(scaler.state_dict() if scaler is not None else None),
     }
     atomic_write_bytes(path, st_save(tensors, metadata=header))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation of epoch ``epoch``: the same on every rank, and after a resume."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def step_generator(seed: int, global_step: int, rank: int) -> torch.Generator:
+    """The augmentation RNG of one step on one rank: reproducible without saved state."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + global_step) * 8_191 + rank) % 2**63)
 
 
 def _load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -389,13 +403,73 @@ def _features(model: ResNet, images: torch.Tensor, meta: WeightsMeta, image_size
     return torch.cat(out) if out else torch.empty(0, model.fc.in_features, device=images.device)
 
 
+def _shard(index: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """This rank's part of a batch (or split): contiguous, sizes differing by at most one."""
+    return torch.tensor_split(index, ctx.world_size)[ctx.rank] if ctx.enabled else index
+
+
+def _reduce_scores(scores: Scores, ctx: DistContext, device: torch.device) -> Scores:
+    """Sum the scores of every rank's shard: each sample counted exactly once."""
+    if not ctx.enabled:
+        return scores
+    k = scores.confusion.shape[0]
+    packed = torch.cat([
+        torch.tensor([scores.loss_sum, scores.top1, scores.top5, scores.count], dtype=torch.float64),
+        scores.confusion.flatten().double(),
+    ]).to(device)  # fmt: skip
+    total = all_reduce_sum(packed, ctx).cpu()
+    return Scores(float(total[0]), int(total[1]), int(total[2]), int(total[3]),
+                  total[4:].round().long().view(k, k))  # fmt: skip
+
+
+def _evaluate(
+    model: ResNet,
+    split: ImageSet,
+    settings: Settings,
+    template: WeightsMeta,
+    ctx: DistContext,
+    device: torch.device,
+    *,
+    amp: str,
+    channels_last: bool,
+    features: torch.Tensor | None = None,
+) -> Scores:
+    """Scores on a split; under torchrun each rank scores its shard and the sums are reduced."""
+    local = _shard(torch.arange(len(split)), ctx).to(split.labels.device)
+    if features is not None:  # cached features: the head alone
+        with torch.inference_mode():
+            model.eval()
+            parts = [score_logits(model.fc(features[local[s : s + 4096]]), split.labels[local[s : s + 4096]],
+                                  settings.num_classes) for s in range(0, len(local), 4096)]  # fmt: skip
+        scores = merge(parts, settings.num_classes)
+    else:
+        scores = evaluate_model(model, split.subset(local), mean=template.mean, std=template.std,
+                                image_size=settings.model.image_size, num_classes=settings.num_classes,
+                                batch_size=settings.eval.batch_size, amp=amp, channels_last=channels_last)  # fmt: skip
+    return _reduce_scores(scores, ctx, device)
+
+
 def train(settings: Settings, progress: TrainProgress | None = None, *, resume: Path | None = None) -> TrainResult:
-    """Train as ``settings`` say; write the run directory; return the summary."""
+    """Train as ``settings`` say; write the run directory; return the summary.
+
+    Under ``torchrun`` every rank runs this; rank 0 alone writes files and reports progress.
+    """
+    ctx, device = distributed.setup(resolve_device(settings.device), settings.train.dist_timeout)
+    try:
+        return _train(settings, progress if ctx.is_main else None, resume, ctx, device)
+    finally:
+        distributed.teardown()
+
+
+def _train(settings: Settings, progress: TrainProgress | None, resume: Path | None, ctx: DistContext,
+           device: torch.device) -> TrainResult:  # fmt: skip
     progress = progress or NullProgress()
     t = settings.train
     started = time.perf_counter()
-    device = resolve_device(settings.device)
     _check_runtime(settings, device)
+    if t.batch_size < ctx.world_size:
+        raise ConfigError(f"--batch-size {t.batch_size} is smaller than the {ctx.world_size} processes",
+                          "--batch-size is the global batch, split over the processes")  # fmt: skip
     if t.deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
@@ -406,6 +480,8 @@ def train(settings: Settings, progress: TrainProgress | None = None, *, resume: 
         warnings.append("training on SYNTHETIC data (a built-in stand-in), not CIFAR")
     if len(data.val) == 0:
         warnings.append("no validation split (--val-size 0): best.safetensors is simply the last epoch")
+    if t.sync_bn and not ctx.enabled:
+        warnings.append("--sync-bn has nothing to synchronise on one process: plain BatchNorm it is")
 
     state_tensors: dict[str, torch.Tensor] = {}
     saved: dict[str, Any] = {}
@@ -418,20 +494,26 @@ def train(settings: Settings, progress: TrainProgress | None = None, *, resume: 
                 f"{saved['progress']['global_step']}) do not belong together",
                 "the run was stopped while saving; start a new run",
             )
-        model = model_from_tensors(tensors, meta, resume / rundir.LAST, num_classes=settings.num_classes)
-        init = Init(model, meta)
+        init = Init(model_from_tensors(tensors, meta, resume / rundir.LAST, num_classes=settings.num_classes), meta)
         run_dir = resume
     else:
-        init = initial_model(settings, data)
-        run_dir = rundir.create_run_dir(t.runs_dir, t.name or "train")
-        rundir.write_json(run_dir / rundir.SETTINGS, settings.model_dump(mode="json"))
+        init = initial_model(settings, data) if ctx.is_main else None
+        barrier(ctx)  # rank 0 may have ported ImageNet weights into the cache; now every rank can read them
+        if not ctx.is_main:
+            init = initial_model(settings, data)
+        run_dir = None
+        if ctx.is_main:
+            run_dir = rundir.create_run_dir(t.runs_dir, t.name or "train")
+            rundir.write_json(run_dir / rundir.SETTINGS, settings.model_dump(mode="json"))
+        run_dir = Path(broadcast_object(str(run_dir) if run_dir else None, ctx))
     model, template = init.model, init.meta.model_copy(update={"run": run_dir.name})
     if t.freeze_backbone:
         freeze_backbone(model)
+    if t.sync_bn and ctx.enabled:
+        distributed.convert_sync_batchnorm(model)
     model.to(device)
     if t.channels_last:
         model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if t.compile else model
 
     n_train = len(data.train)
     n_batches = math.ceil(n_train / t.batch_size)
@@ -439,35 +521,28 @@ def train(settings: Settings, progress: TrainProgress | None = None, *, resume: 
     sched = _schedule_args(settings, steps)
     optimizer = make_optimizer(model, settings)
     scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" else None
-    generator = torch.Generator().manual_seed(t.seed)
     history = [EpochMetrics.model_validate(r) for r in rundir.read_jsonl(run_dir / rundir.METRICS)]
     first_epoch, first_step, partial = 1, 0, {"loss_sum": 0.0, "correct": 0, "seen": 0}
     best_top1, best_epoch = -1.0, 0
-    epoch_perm = None
     if resume is not None:
         _restore_optimizer(optimizer, state_tensors, saved)
-        generator.set_state(state_tensors["rng.data"])
         torch.set_rng_state(state_tensors["rng.torch"])
-        if "rng.cuda" in state_tensors and device.type == "cuda":
-            torch.cuda.set_rng_state(state_tensors["rng.cuda"])
         if scaler is not None and saved.get("scaler"):
             scaler.load_state_dict(saved["scaler"])
         p = saved["progress"]
         best_top1, best_epoch = p["best_top1"], p["best_epoch"]
         history = history[: p["epoch"]]
+        first_epoch = p["epoch"] + 1
         if p["step_in_epoch"]:  # stopped inside an epoch: finish that epoch first
-            first_epoch, first_step, partial = p["epoch"] + 1, p["step_in_epoch"], p["partial"]
-            epoch_perm = state_tensors["epoch_perm"]
-        else:
-            first_epoch = p["epoch"] + 1
+            first_step, partial = p["step_in_epoch"], p["partial"]
         if first_epoch > t.epochs:
             raise ConfigError(f"{run_dir} has finished {p['epoch']} epochs already",
                               f"raise --epochs above {p['epoch']} to train longer")  # fmt: skip
     resumed_from = first_epoch - 1 if resume is not None else None
 
     cached = t.freeze_backbone and t.cache_features and not t.augment and t.cutmix == 0 and t.mixup == 0
-    cache_note = None
     train_feats = val_feats = None
+    extract_s = 0.0
     if cached:
         tick = time.perf_counter()
         train_feats = _features(model, data.train.images, template, settings.model.image_size,
@@ -475,31 +550,47 @@ def train(settings: Settings, progress: TrainProgress | None = None, *, resume: 
         extract_s = time.perf_counter() - tick
         val_feats = _features(model, data.val.images, template, settings.model.image_size,
                               settings.eval.batch_size, t.channels_last, t.amp)  # fmt: skip
+    # Under torchrun, gradients are averaged by DistributedDataParallel: around the head alone when
+    # the head trains on cached features, around the whole model otherwise.
+    head: torch.nn.Module = model.fc
+    forward: torch.nn.Module = model
+    if ctx.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        if cached:
+            head = DistributedDataParallel(model.fc, device_ids=ids)
+        else:
+            forward = DistributedDataParallel(model, device_ids=ids)
+    if t.compile:
+        forward = torch.compile(forward)
     train_time = 0.0
     head_times: list[float] = []
 
-    def save_last(epochs_done: int, step_in_epoch: int, perm: torch.Tensor | None, stats: dict | None) -> None:
+    def save_last(epochs_done: int, step_in_epoch: int, stats: dict | None) -> None:
         """The resume state, then the weights; both carry the step, so a torn pair is detected."""
-        progress_state = {"epoch": epochs_done, "step_in_epoch": step_in_epoch, "global_step":
-                          epochs_done * steps + step_in_epoch, "best_top1": best_top1, "best_epoch": best_epoch,
-                          "partial": stats}  # fmt: skip
-        _save_state(run_dir / rundir.LAST_STATE, optimizer=optimizer, generator=generator, scaler=scaler,
-                    epoch_perm=perm, progress=progress_state)  # fmt: skip
-        save_weights(run_dir / rundir.LAST, model.state_dict(), _meta_at(template, epochs_done, step_in_epoch, steps))
+        if ctx.is_main:
+            progress_state = {"epoch": epochs_done, "step_in_epoch": step_in_epoch, "global_step":
+                              epochs_done * steps + step_in_epoch, "best_top1": best_top1, "best_epoch": best_epoch,
+                              "partial": stats}  # fmt: skip
+            _save_state(run_dir / rundir.LAST_STATE, optimizer=optimizer, scaler=scaler, progress=progress_state)
+            save_weights(
+                run_dir / rundir.LAST, model.state_dict(), _meta_at(template, epochs_done, step_in_epoch, steps)
+            )
+        barrier(ctx)
 
     progress.start(run_dir=str(run_dir), epochs=t.epochs, first_epoch=first_epoch, steps=steps)
     try:
         with _graceful_interrupt(progress) as interrupt:
             for epoch in range(first_epoch, t.epochs + 1):
                 model.train()
-                if epoch_perm is None:
-                    epoch_perm = torch.randperm(n_train, generator=generator)
-                batches = torch.tensor_split(epoch_perm.to(device), n_batches)[:steps]
+                batches = torch.tensor_split(epoch_order(n_train, t.seed, epoch).to(device), n_batches)[:steps]
                 loss_sum = torch.tensor(partial["loss_sum"], device=device, dtype=torch.float64)
                 correct, seen = partial["correct"], partial["seen"]
+                coverage = torch.zeros(n_train, device=device, dtype=torch.int32)
                 epoch_start = time.perf_counter()
                 for i in range(first_step, steps):
-                    idx = batches[i]
+                    global_batch = batches[i]
+                    idx = _shard(global_batch, ctx)
+                    coverage[idx] += 1
                     labels = data.train.labels[idx]
                     global_step = (epoch - 1) * steps + i
                     factor = lr_factor(global_step, **sched)
@@ -507,23 +598,29 @@ def train(settings: Settings, progress: TrainProgress | None = None, *, resume: 
                         group["lr"] = group["peak_lr"] * factor
                     if cached:
                         with autocast(device, t.amp):
-                            logits = model.fc(train_feats[idx])
+                            logits = head(train_feats[idx])
                         target: torch.Tensor = labels
                     else:
+                        rng = step_generator(t.seed, global_step, ctx.rank)
                         images = data.train.images[idx]
                         if t.augment:
-                            images = random_crop_flip(images, generator)
+                            images = random_crop_flip(images, rng)
                         x = preprocess(images, template.mean, template.std, settings.model.image_size,
                                        channels_last=t.channels_last)  # fmt: skip
                         target = labels
                         if t.cutmix > 0 or t.mixup > 0:
                             soft = F.one_hot(labels, settings.num_classes).float()
                             x, target = mix_batch(x, soft, cutmix_alpha=t.cutmix, mixup_alpha=t.mixup,
-                                                  prob=t.mix_prob, generator=generator)  # fmt: skip
+                                                  prob=t.mix_prob, generator=rng)  # fmt: skip
                         with autocast(device, t.amp):
                             logits = forward(x)
-                    loss = F.cross_entropy(logits.float(), target, label_smoothing=t.label_smoothing)
-                    if not bool(torch.isfinite(loss)):
+                    # Sum over this rank's images / global batch x ranks: DDP's average of the ranks'
+                    # gradients is then the gradient of the global mean loss, whatever the shard sizes.
+                    loss_total = F.cross_entropy(logits.float(), target, label_smoothing=t.label_smoothing,
+                                                 reduction="sum")  # fmt: skip
+                    loss = loss_total * (ctx.world_size / len(global_batch))
+                    bad = all_reduce_sum(torch.tensor([float(not bool(torch.isfinite(loss)))], device=device), ctx)
+                    if bad[0] > 0:  # on any rank: every rank stops, none steps
                         last = f"{run_dir / rundir.LAST} (epoch {len(history)})" if history else "none saved yet"
                         raise TrainingDiverged(
                             f"the loss became {float(loss.detach())} at epoch {epoch}, step {i + 1}; "
@@ -538,16 +635,21 @@ def train(settings: Settings, progress: TrainProgress | None = None, *, resume: 
                     else:
                         loss.backward()
                         optimizer.step()
-                    loss_sum += loss.detach().double() * len(idx)
+                    loss_sum += loss_total.detach().double()
                     correct += int((logits.detach().argmax(1) == labels).sum())
                     seen += len(idx)
-                    elapsed = time.perf_counter() - epoch_start
-                    progress.step(epoch=epoch, step=i + 1, steps=steps, loss=float(loss_sum) / seen,
-                                  top1=correct / seen, lr=optimizer.param_groups[-1]["lr"],
-                                  ips=(seen - partial["seen"]) / max(elapsed, 1e-9))  # fmt: skip
-                    if interrupt["stop"] and i + 1 < steps:
-                        save_last(epoch - 1, i + 1, epoch_perm,
-                                  {"loss_sum": float(loss_sum), "correct": correct, "seen": seen})  # fmt: skip
+                    if ctx.is_main:
+                        elapsed = time.perf_counter() - epoch_start
+                        progress.step(epoch=epoch, step=i + 1, steps=steps, loss=float(loss_sum) / max(seen, 1),
+                                      top1=correct / max(seen, 1), lr=optimizer.param_groups[-1]["lr"],
+                                      ips=(seen - partial["seen"]) * ctx.world_size / max(elapsed, 1e-9))  # fmt: skip
+                    stop = all_reduce_sum(torch.tensor([float(interrupt["stop"])], device=device), ctx)
+                    if stop[0] > 0 and i + 1 < steps:  # Ctrl-C on any rank: all save and stop here
+                        totals = all_reduce_sum(torch.tensor([float(loss_sum), correct, seen], dtype=torch.float64,
+                                                             device=device), ctx)  # fmt: skip
+                        save_last(epoch - 1, i + 1, {"loss_sum": float(totals[0]) / ctx.world_size,
+                                                     "correct": int(totals[1]) // ctx.world_size,
+                                                     "seen": int(totals[2]) // ctx.world_size})  # fmt: skip
                         raise TrainingInterrupted(
                             f"interrupted at epoch {epoch}, step {i + 1}/{steps}; state saved in {run_dir}",
                             f"resume with: cifar-resnet train --resume {run_dir}",
@@ -557,41 +659,43 @@ def train(settings: Settings, progress: TrainProgress | None = None, *, resume: 
                 if cached:
                     head_times.append(epoch_time)
 
+                # Every sample of the epoch seen exactly once across the ranks (fewer with --limit-batches).
+                coverage = all_reduce_sum(coverage, ctx)
+                if int(coverage.max()) > 1 or (first_step == 0 and steps == n_batches and int(coverage.min()) < 1):
+                    raise DistributedError(f"epoch {epoch}: the ranks did not share the data exactly once")
+                totals = all_reduce_sum(torch.tensor([float(loss_sum), correct, seen], dtype=torch.float64,
+                                                     device=device), ctx).tolist()  # fmt: skip
+                epoch_seen = int(totals[2]) - partial["seen"] * (ctx.world_size if ctx.enabled else 1)
+
                 # Validation: selects the best checkpoint.
                 val: Scores | None = None
                 if len(data.val):
-                    if cached:
-                        with torch.inference_mode():
-                            model.eval()
-                            val = merge([score_logits(model.fc(val_feats[s : s + 4096]), data.val.labels[s : s + 4096],
-                                                      settings.num_classes) for s in range(0, len(data.val), 4096)],
-                                        settings.num_classes)  # fmt: skip
-                    else:
-                        val = evaluate_model(model, data.val, mean=template.mean, std=template.std,
-                                             image_size=settings.model.image_size, num_classes=settings.num_classes,
-                                             batch_size=settings.eval.batch_size, amp=t.amp,
-                                             channels_last=t.channels_last)  # fmt: skip
+                    val = _evaluate(model, data.val, settings, template, ctx, device, amp=t.amp,
+                                    channels_last=t.channels_last, features=val_feats)  # fmt: skip
                 score = val.top1_acc if val is not None else float(epoch)
                 is_best = score > best_top1
                 if is_best:
                     best_top1, best_epoch = score, epoch
                 metrics = EpochMetrics(
-                    epoch=epoch, lr=optimizer.param_groups[-1]["lr"], train_loss=float(loss_sum) / max(seen, 1),
-                    train_top1=correct / max(seen, 1), val_loss=val.loss if val else None,
+                    epoch=epoch, lr=optimizer.param_groups[-1]["lr"], train_loss=totals[0] / max(totals[2], 1),
+                    train_top1=totals[1] / max(totals[2], 1), val_loss=val.loss if val else None,
                     val_top1=val.top1_acc if val else None, val_top5=val.top5_acc if val else None,
-                    epoch_time_s=epoch_time, images_per_s=(seen - partial["seen"]) / max(epoch_time, 1e-9),
-                    best=is_best,
+                    epoch_time_s=epoch_time, images_per_s=epoch_seen / max(epoch_time, 1e-9), best=is_best,
+                    train_samples=int(coverage.sum()), val_samples=val.count if val else 0,
                 )  # fmt: skip
                 history.append(metrics)
 
-                # Save: state, weights, best, metrics; each atomically.
-                save_last(epoch, 0, None, None)
-                if is_best:
-                    save_weights(run_dir / rundir.BEST, model.state_dict(), _meta_at(template, epoch, 0, steps))
-                rundir.write_jsonl(run_dir / rundir.METRICS, [h.model_dump() for h in history])
+                # Save (rank 0): state, weights, best, metrics; each atomically.
+                save_last(epoch, 0, None)
+                if ctx.is_main:
+                    if is_best:
+                        save_weights(run_dir / rundir.BEST, model.state_dict(), _meta_at(template, epoch, 0, steps))
+                    rundir.write_jsonl(run_dir / rundir.METRICS, [h.model_dump() for h in history])
+                barrier(ctx)
                 progress.epoch_end(metrics)
-                epoch_perm, first_step, partial = None, 0, {"loss_sum": 0.0, "correct": 0, "seen": 0}
-                if interrupt["stop"]:
+                first_step, partial = 0, {"loss_sum": 0.0, "correct": 0, "seen": 0}
+                stop = all_reduce_sum(torch.tensor([float(interrupt["stop"])], device=device), ctx)
+                if stop[0] > 0 and epoch < t.epochs:
                     raise TrainingInterrupted(
                         f"interrupted after epoch {epoch}; state saved in {run_dir}",
                         f"resume with: cifar-resnet train --resume {run_dir}",
@@ -602,15 +706,8 @@ def train(settings: Settings, progress: TrainProgress | None = None, *, resume: 
     # The test set, once, with the checkpoint chosen on validation.
     best_model, best_meta = load_model(run_dir / rundir.BEST)
     best_model.to(device)
-    test = evaluate_model(
-        best_model,
-        data.test,
-        mean=best_meta.mean,
-        std=best_meta.std,
-        image_size=settings.model.image_size,
-        num_classes=settings.num_classes,
-        batch_size=settings.eval.batch_size,
-    )  # fmt: skip  (fp32, as `eval` measures it)
+    test = _evaluate(best_model, data.test, settings, best_meta, ctx, device, amp="off", channels_last=False)
+    cache_note = None
     if cached and head_times:
         per_epoch_uncached = extract_s + sum(head_times) / len(head_times)
         epochs_here = len(head_times)
@@ -629,13 +726,15 @@ def train(settings: Settings, progress: TrainProgress | None = None, *, resume: 
         best_val_top1=best_top1 if len(data.val) else None, test_top1=test.top1_acc, test_top5=test.top5_acc,
         test_loss=test.loss, train_time_s=train_time, total_time_s=time.perf_counter() - started,
         images_per_s=trained_images / max(train_time, 1e-9), resumed_from_epoch=resumed_from,
-        device=device_description(device), history=history, warnings=warnings,
+        device=device_description(device), processes=ctx.world_size, history=history, warnings=warnings,
     )  # fmt: skip
-    try:
-        plot_curves({run_dir.name: [h.model_dump() for h in history]}, run_dir / rundir.CURVES)
-    except PlotUnavailable as exc:
-        result.warnings.append(f"no {rundir.CURVES}: {exc.hint}")
-    rundir.write_json(run_dir / rundir.SUMMARY, result.model_dump(mode="json"))
+    if ctx.is_main:
+        try:
+            plot_curves({run_dir.name: [h.model_dump() for h in history]}, run_dir / rundir.CURVES)
+        except PlotUnavailable as exc:
+            result.warnings.append(f"no {rundir.CURVES}: {exc.hint}")
+        rundir.write_json(run_dir / rundir.SUMMARY, result.model_dump(mode="json"))
+    barrier(ctx)
     return result
 
 

@@ -5,6 +5,7 @@
 #   WEIGHTS     IMAGENET1K_V1 (download), none, or a torchvision .pth file   (default: IMAGENET1K_V1)
 #   OUT         where runs, weights, archives and plots go     (default: examples-out/<script>)
 #   EXTRA_ARGS  more train flags, e.g. "--limit-batches 20 --amp bf16 --channels-last"
+#   BENCH_VARIANTS, BENCH_ITERS, ABLATE_LIMIT   the size of the bench and ablate steps
 set -euo pipefail
 CR=${CR:-cifar-resnet}
 EPOCHS=${EPOCHS:-10}

@@ -75,3 +75,42 @@ def test_readme_cli_reference_matches_help() -> None:
         capture_output=True, text=True, cwd=ROOT, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+
+
+def test_every_train_flag_reaches_the_settings(cli, monkeypatch) -> None:
+    """No flag is accepted and ignored: each one changes the resolved settings."""
+    from cifar_resnet_cli import train as train_module
+    from cifar_resnet_cli.settings import Settings
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(settings, progress=None, *, resume=None):
+        seen["settings"] = settings
+        raise Stop
+
+    monkeypatch.setattr(train_module, "train", capture)
+    flags = {
+        "--dataset": "cifar100", "--data-dir": "/d", "--val-size": "7", "--synthetic-size": "300",
+        "--init": "none", "--stem": "cifar", "--image-size": "64", "--backbone-lr-scale": "0.1", "--epochs": "3",
+        "--batch-size": "16", "--lr": "0.2", "--optimizer": "adamw", "--momentum": "0.8", "--weight-decay": "0.01",
+        "--schedule": "multistep", "--warmup-epochs": "0.5", "--milestones": "1,2", "--gamma": "0.5",
+        "--cutmix": "1.0", "--mixup": "0.2", "--mix-prob": "0.5", "--label-smoothing": "0.1", "--amp": "bf16",
+        "--limit-batches": "5", "--seed": "9", "--dist-timeout": "30", "--runs-dir": "r", "--name": "x",
+        "--device": "cpu",
+    }  # fmt: skip
+    switches = ["--freeze-backbone", "--no-nesterov", "--no-augment", "--channels-last", "--compile",
+                "--deterministic", "--no-cache-features", "--sync-bn", "--no-download"]  # fmt: skip
+    args = [a for kv in flags.items() for a in kv] + switches
+    with pytest.raises(Stop):
+        cli("train", *args)
+    s = seen["settings"].model_dump(mode="json")
+    defaults = Settings().model_dump(mode="json")
+    changed = {f"{sec}.{k}" for sec, v in s.items() if isinstance(v, dict) for k in v if v[k] != defaults[sec][k]}
+    changed |= {k for k, v in s.items() if not isinstance(v, dict) and v != defaults[k]}
+    field = {f.lstrip("-").replace("-", "_") for f in flags} | {
+        s.removeprefix("--no-").removeprefix("--").replace("-", "_") for s in switches
+    }
+    assert {c.split(".")[-1] for c in changed} >= field, field - {c.split(".")[-1] for c in changed}

@@ -88,6 +88,7 @@ def test_examples_run_on_synthetic(name: str, tmp_path: Path) -> None:
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "DATASET": "synthetic", "EPOCHS": "1", "WEIGHTS": "none", "BENCH_ITERS": "3", "ABLATE_LIMIT": "50",
+        "BENCH_VARIANTS": "eager,trace",
         "OUT": str(tmp_path / "out"),
         "EXTRA_ARGS": "--synthetic-size 300 --val-size 100 --limit-batches 1 --batch-size 32",
     }  # fmt: skip

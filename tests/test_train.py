@@ -41,7 +41,7 @@ def test_short_fine_tune_learns_synthetic(cli, tmp_path: Path) -> None:
     assert run == Path("runs/train")
     assert {p.name for p in run.iterdir()} == {
         "settings.json", "metrics.jsonl", "last.safetensors", "last.state.safetensors", "best.safetensors",
-        "summary.json",
+        "summary.json", "curves.png",
     }  # fmt: skip
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
