@@ -53,15 +53,20 @@ class _Cifar10(torchvision.datasets.CIFAR10):
         return all((root / name).is_file() for name, _ in self.train_list + self.test_list)
 
 
-def conventional(data_dir: Path, stem: str, size: int, *, batch: int, steps: int, warmup: int, workers: int,
-                 device: torch.device) -> float:  # fmt: skip
+def _training_set(data_dir: Path, size: int) -> _Cifar10:
+    """The tutorials' pipeline: per-image PIL crop with 4 px padding, flip, (resize), to tensor, normalise."""
     mean, std = CIFAR_STATS["cifar10"]
     ops = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
     if size != 32:
         ops.append(transforms.Resize(size, antialias=True))
     ops += [transforms.ToTensor(), transforms.Normalize(mean, std)]
-    dataset = _Cifar10(str(data_dir), train=True, transform=transforms.Compose(ops), download=False)
-    loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
+    return _Cifar10(str(data_dir), train=True, transform=transforms.Compose(ops), download=False)
+
+
+def conventional(data_dir: Path, stem: str, size: int, *, batch: int, steps: int, warmup: int, workers: int,
+                 device: torch.device) -> float:  # fmt: skip
+    loader = DataLoader(_training_set(data_dir, size), batch_size=batch, shuffle=True, num_workers=workers,
+                        drop_last=True,
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)  # fmt: skip
     torch.manual_seed(0)
     model = resnet34(num_classes=10, stem=stem).to(device).train()
@@ -104,13 +109,7 @@ def _test_top1(model: torch.nn.Module, data_dir: Path, size: int, device: torch.
 def conventional_accuracy(data_dir: Path, stem: str, size: int, *, epochs: int, batch: int, lr: float,
                           workers: int, device: torch.device) -> float:  # fmt: skip
     """Train E full epochs the conventional way (fp32, cosine per iteration); test top-1."""
-    mean, std = CIFAR_STATS["cifar10"]
-    ops = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
-    if size != 32:
-        ops.append(transforms.Resize(size, antialias=True))
-    ops += [transforms.ToTensor(), transforms.Normalize(mean, std)]
-    dataset = _Cifar10(str(data_dir), train=True, transform=transforms.Compose(ops), download=False)
-    loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers)
+    loader = DataLoader(_training_set(data_dir, size), batch_size=batch, shuffle=True, num_workers=workers)
     torch.manual_seed(0)
     model = resnet34(num_classes=10, stem=stem).to(device)
     decay = [p for p in model.parameters() if p.ndim > 1]
