@@ -41,6 +41,7 @@ run=$(cifar-resnet train "${SYNTH[@]}" --init "$OUT/random-synthetic.safetensors
 cifar-resnet eval "$run/best.safetensors" --data-dir "$OUT/data" --confusion "$run/confusion.csv"
 
 echo "== 8. Export TorchScript (trace, script, frozen), each verified against eager; eval an archive ==" >&2
+mkdir -p "$OUT/exports"
 cifar-resnet export "$run/best.safetensors" --method all --out "$OUT/exports" --force
 cifar-resnet eval "$OUT/exports/best.trace.pt" --data-dir "$OUT/data" --json \
     | python3 -c 'import json,sys; r=json.load(sys.stdin); print("traced archive: test top-1 %.4f" % r["top1"])'
