@@ -10,6 +10,7 @@ by the same code.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import io
 import os
 import pickle
@@ -216,8 +217,7 @@ def load_cifar(
     if name == "synthetic":
         folder = write_synthetic(data_dir, num_classes=num_classes, train_size=synthetic_size)
         layout = CIFAR10_LAYOUT if num_classes == 10 else CIFAR100_LAYOUT
-        layout = Layout(folder.name, *[getattr(layout, f) for f in ("train_files", "test_files", "meta_file",
-                                                                      "label_key", "names_key")])  # fmt: skip
+        layout = dataclasses.replace(layout, folder=folder.name)
         classes = class_names("synthetic", num_classes)
     else:
         layout = CIFAR10_LAYOUT if name == "cifar10" else CIFAR100_LAYOUT

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save as st_save
 from torch.nn.parallel import DistributedDataParallel
@@ -34,11 +34,11 @@ from .devices import device_description, resolve_device
 from .distributed import DistContext, DistributedError, all_reduce_sum, barrier, broadcast_object
 from .errors import CheckpointError, CifarResnetError, ConfigError, DownloadError
 from .evaluate import Scores, autocast, evaluate_model, load_data_for, merge, score_logits
-from .fileio import atomic_write_bytes
+from .fileio import atomic_write_bytes, sha256_file
 from .model import ResNet, freeze_backbone, resnet34
 from .plots import PlotUnavailable, plot_curves
 from .settings import Settings
-from .weights import WeightsMeta, load_model, model_from_tensors, save_weights
+from .weights import WeightsMeta, load_model, model_from_tensors, read_weights, save_weights
 
 STATE_FORMAT = "1"
 # Settings that may change when a run is resumed; any other difference is refused.
@@ -246,14 +246,8 @@ def initial_model(settings: Settings, data: CifarData) -> Init:
     source = meta.source if t.init != "imagenet" else f"{meta.source} (ported to {path})"
     template = meta.model_copy(update={**common, "stem": meta.stem, "source": source,
                                        "source_sha256": meta.source_sha256 if t.init == "imagenet" else
-                                       _sha(path)})  # fmt: skip
+                                       sha256_file(path)})  # fmt: skip
     return Init(model, template)
-
-
-def _sha(path: Path) -> str:
-    from .fileio import sha256_file
-
-    return sha256_file(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,8 +296,6 @@ def _load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise CheckpointError(f"{path} is missing: the run cannot be resumed", "start a new run")
     try:
         tensors = st_load_file(str(path))
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
         parsed = {k: json.loads(v) for k, v in header.items() if k != "format_version"}
@@ -487,7 +479,7 @@ def _train(settings: Settings, progress: TrainProgress | None, resume: Path | No
     saved: dict[str, Any] = {}
     if resume is not None:
         state_tensors, saved = _load_state(resume / rundir.LAST_STATE)
-        tensors, meta = _read_last(resume)
+        tensors, meta = read_weights(resume / rundir.LAST)
         if meta.trained_steps != saved["progress"]["global_step"] or meta.run != resume.name:
             raise CheckpointError(
                 f"{resume}: last.safetensors (step {meta.trained_steps}) and last.state.safetensors (step "
@@ -742,9 +734,3 @@ def _meta_at(template: WeightsMeta, epochs_done: int, step_in_epoch: int, steps:
     return template.model_copy(
         update={"trained_epochs": epochs_done, "trained_steps": epochs_done * steps + step_in_epoch}
     )
-
-
-def _read_last(run_dir: Path) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
-    from .weights import read_weights
-
-    return read_weights(run_dir / rundir.LAST)
