@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_fp32_close
 
 from cifar_resnet_cli import export as export_module
 from cifar_resnet_cli.bench import BenchResult, benchmark
@@ -30,7 +31,7 @@ def test_variants_of_both_stems_match_eager(stem: str, method: str) -> None:
         expected = model(x)
         variant = build_variant(model, method, torch.randn(2, 3, 32, 32))
         out = variant(x)
-    assert torch.allclose(out, expected, atol=1e-4, rtol=0)
+    assert_fp32_close(out, expected)
 
 
 def test_export_writes_verified_archives_with_metadata(cli, checkpoint: Path, tmp_path: Path) -> None:
@@ -51,7 +52,7 @@ def test_export_writes_verified_archives_with_metadata(cli, checkpoint: Path, tm
         assert data["image_size"] == 32 and data["export_method"] == archive.method
         assert data["exported_from_sha256"] == result.checkpoint_sha256 and data["source_sha256"] == "none"
         with torch.inference_mode():
-            assert torch.allclose(loaded(x), expected, atol=1e-4, rtol=0)
+            assert_fp32_close(loaded(x), expected)
     assert sorted(p.name for p in out.iterdir()) == ["w.frozen.pt", "w.script.pt", "w.trace.pt"]
 
 

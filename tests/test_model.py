@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from conftest import assert_fp32_close
 
 from cifar_resnet_cli.model import freeze_backbone, replace_head, resnet34, unfreeze_backbone
 
@@ -47,8 +48,8 @@ def test_scripted_and_traced_match_eager(stem: str) -> None:
     traced = torch.jit.trace(model, torch.randn(2, 3, 32, 32))
     with torch.inference_mode():
         expected = model(x)
-        assert torch.allclose(scripted(x), expected, atol=1e-6, rtol=0)
-        assert torch.allclose(traced(x), expected, atol=1e-6, rtol=0)
+        assert_fp32_close(scripted(x), expected)
+        assert_fp32_close(traced(x), expected)
 
 
 def test_unknown_stem_and_bad_class_count_are_refused() -> None:

@@ -13,6 +13,7 @@ from cifar_resnet_cli import train as train_module
 from cifar_resnet_cli.augment import preprocess
 from cifar_resnet_cli.datasets import load_cifar
 from cifar_resnet_cli.evaluate import EvalResult
+from cifar_resnet_cli.model import resnet34
 from cifar_resnet_cli.settings import load_settings
 from cifar_resnet_cli.train import NullProgress, TrainingInterrupted, TrainResult, lr_factor, param_groups, train
 from cifar_resnet_cli.weights import load_model
@@ -82,9 +83,17 @@ def test_cached_and_uncached_feature_extraction_agree(tmp_path: Path) -> None:
     assert a.feature_cache and not b.feature_cache and "faster" in a.feature_cache_note
     wa = load_file(Path(a.run_dir) / "last.safetensors")
     wb = load_file(Path(b.run_dir) / "last.safetensors")
-    assert torch.allclose(wa["fc.weight"], wb["fc.weight"], atol=1e-5, rtol=0)
-    assert torch.allclose(wa["fc.bias"], wb["fc.bias"], atol=1e-5, rtol=0)
-    assert not torch.equal(wa["fc.weight"], torch.zeros_like(wa["fc.weight"]))
+    torch.manual_seed(0)  # --init none: the head both runs started from
+    start = {f"fc.{k}": v for k, v in resnet34(num_classes=10).fc.state_dict().items()}
+    # The cache computes features in batches of 512, the uncached run in its training batches of 50:
+    # CPU kernels may round differently at another batch size, by about 1e-6 of a feature. Eight SGD
+    # steps on the head carry that into its update in proportion, so the two updates may differ by
+    # about 1e-6 of their size; we allow 1e-4 of it. Any real difference (other features, another
+    # BatchNorm state, augmentation) moves the head by a large fraction of the update.
+    for key in ("fc.weight", "fc.bias"):
+        update = float((wa[key] - start[key]).norm())
+        assert update > 0.01
+        assert float((wa[key] - wb[key]).norm()) <= 1e-4 * update, key
     assert a.history[-1].val_top1 == pytest.approx(b.history[-1].val_top1, abs=0.01)
 
 
