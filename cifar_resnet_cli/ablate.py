@@ -16,10 +16,10 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
 
-from .datasets import ImageSet
+from .datasets import ImageSet, check_classes, dataset_for, load_data_for
 from .devices import device_description, resolve_device
 from .errors import CifarResnetError
-from .evaluate import _dataset_for, check_classes, evaluate_model, load_data_for
+from .evaluate import evaluate_model
 from .model import STAGES, BasicBlock, ResNet
 from .plots import PlotUnavailable, plot_ablation
 from .settings import Settings
@@ -78,7 +78,7 @@ def ablate(settings: Settings, path: Path, *, limit: int | None = None, plot: Pa
     """Evaluate the checkpoint with each block's and each stage's residual branch removed."""
     device = resolve_device(settings.device)
     model, meta = load_model(path)
-    check_classes(meta, _dataset_for(settings, meta), path)
+    check_classes(meta, dataset_for(settings, meta), path)
     data = load_data_for(settings, meta)
     split: ImageSet = data.test if settings.eval.split == "test" else data.val
     if limit is not None:

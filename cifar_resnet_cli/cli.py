@@ -161,6 +161,10 @@ def _run(
 
         report.print_error(CifarResnetError("interrupted"))
         raise typer.Exit(130) from None
+    except OSError as exc:  # a write we did not foresee failed (full disk, read-only): still one line
+        from .fileio import output_error
+
+        _fail(ctx, output_error(exc, Path(exc.filename or "an output file")))
 
 
 def _fail(ctx: typer.Context, exc: CifarResnetError) -> None:
@@ -445,6 +449,14 @@ def train_cmd(
     dist_timeout: Annotated[
         Optional[float], _opt("--dist-timeout", "torchrun: seconds before a stuck rank fails. (default: 600)")
     ] = None,
+    checkpoint_every: Annotated[
+        Optional[str],
+        _opt(
+            "--checkpoint-every",
+            "Also save a resumable state inside epochs: every N steps (200) or minutes (5m); 0 = at epoch ends "
+            "only. Bounds what a kill -9 or power cut can lose. (default: 5m)",
+        ),
+    ] = None,
     runs_dir: Annotated[Optional[Path], _opt("--runs-dir", "Where run directories go. (default: runs)")] = None,
     name: Annotated[Optional[str], _opt("--name", "Run directory name, auto-numbered. (default: train)")] = None,
     resume: Annotated[
@@ -458,7 +470,8 @@ def train_cmd(
 
     Writes a run directory (settings.json, metrics.jsonl, best/last .safetensors, resume state,
     summary.json). The best checkpoint is chosen on the validation split; the test set is scored
-    once at the end. Ctrl-C saves a resumable state after the current step.
+    once at the end. Ctrl-C or SIGTERM saves a resumable state after the current step (exit 130 or
+    143); a checkpoint is also saved every --checkpoint-every, so kill -9 loses at most that much.
 
     Examples:
 
@@ -520,6 +533,7 @@ def train_cmd(
         "train.seed": seed,
         "train.sync_bn": sync_bn,
         "train.dist_timeout": dist_timeout,
+        "train.checkpoint_every": checkpoint_every,
         "train.runs_dir": runs_dir,
         "train.name": name,
         "device": device,

@@ -16,13 +16,18 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .data import CIFAR10_CLASSES, CIFAR100_CLASSES, class_names
-from .errors import CifarResnetError, DownloadError
+from .errors import CheckpointError, CifarResnetError, DownloadError
 from .fileio import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from .settings import Settings
+    from .weights import WeightsMeta
 
 
 class DataError(CifarResnetError):
@@ -305,3 +310,40 @@ def write_synthetic(data_dir: Path, *, num_classes: int, train_size: int, seed: 
     for name, obj in files.items():
         atomic_write_bytes(folder / name, pickle.dumps(obj, protocol=2))
     return folder
+
+
+def dataset_for(settings: Settings, meta: WeightsMeta | None) -> str:
+    """The dataset a command works on: the one the user chose, else the checkpoint's own."""
+    chosen = settings.data.model_fields_set
+    return settings.data.dataset if "dataset" in chosen or meta is None else meta.dataset
+
+
+def load_data_for(settings: Settings, meta: WeightsMeta | None = None) -> CifarData:
+    """The dataset a command works on; for a checkpoint, its own dataset and split unless the user set one."""
+    d = settings.data
+    chosen = d.model_fields_set
+
+    def from_meta(field: str) -> int:
+        value = getattr(meta, field) if meta is not None else None
+        return value if value is not None and field not in chosen else getattr(d, field)
+
+    return load_cifar(
+        dataset_for(settings, meta), d.data_dir or default_data_dir(), download=d.download,
+        val_size=from_meta("val_size"), split_seed=from_meta("split_seed"),
+        num_classes=meta.num_classes if meta is not None else settings.num_classes,
+        synthetic_size=from_meta("synthetic_size"),
+    )  # fmt: skip
+
+
+def check_classes(meta: WeightsMeta, dataset: str, path: Path) -> None:
+    """A checkpoint fits a dataset when both have the same classes, in the same order."""
+    classes = class_names(dataset, meta.num_classes)
+    if meta.num_classes != len(classes):
+        raise CheckpointError(
+            f"{path} has a {meta.num_classes}-class head ({meta.dataset}), but {dataset} has {len(classes)} classes",
+            f"evaluate it on --dataset {meta.dataset}, or use a checkpoint trained on {dataset}",
+        )
+    if tuple(meta.class_names) != tuple(classes):
+        raise CheckpointError(
+            f"{path}'s classes ({meta.dataset}) are not {dataset}'s classes", f"evaluate it on --dataset {meta.dataset}"
+        )

@@ -38,3 +38,19 @@ class VerificationError(CifarResnetError):
 
 class DeviceError(CifarResnetError):
     """A requested device that this machine does not have."""
+
+
+class OutputError(CifarResnetError):
+    """An output that cannot be written: a full disk, a read-only file system, no permission."""
+
+
+class TrainingInterrupted(CifarResnetError):
+    """Training stopped by a signal after saving a resumable state; exits 128 + the signal number."""
+
+    def __init__(self, message: str, hint: str | None = None, *, signum: int = 2) -> None:
+        super().__init__(message, hint)
+        self.exit_code = 128 + signum
+
+
+class TrainingDiverged(CifarResnetError):
+    """The loss, a validation score or the weights became NaN or infinite."""

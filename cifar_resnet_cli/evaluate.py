@@ -15,15 +15,14 @@ from pydantic import BaseModel
 from torch import nn
 
 from .augment import preprocess
-from .data import class_names
-from .datasets import CifarData, ImageSet, default_data_dir, load_cifar
+from .datasets import ImageSet, check_classes, dataset_for, load_data_for
 from .devices import device_description, resolve_device
 from .errors import CheckpointError
 from .export import is_archive, load_archive
 from .fileio import atomic_write_bytes, check_writable
 from .plots import PlotUnavailable, plot_confusion
 from .settings import Settings
-from .weights import WeightsMeta, load_model
+from .weights import load_model
 
 
 @dataclass
@@ -144,42 +143,6 @@ class EvalResult(BaseModel):
     warnings: list[str]
 
 
-def _dataset_for(settings: Settings, meta: WeightsMeta | None) -> str:
-    chosen = settings.data.model_fields_set
-    return settings.data.dataset if "dataset" in chosen or meta is None else meta.dataset
-
-
-def load_data_for(settings: Settings, meta: WeightsMeta | None = None) -> CifarData:
-    """The dataset a command works on; for a checkpoint, its own dataset and split unless the user set one."""
-    d = settings.data
-    chosen = d.model_fields_set
-
-    def from_meta(field: str) -> int:
-        value = getattr(meta, field) if meta is not None else None
-        return value if value is not None and field not in chosen else getattr(d, field)
-
-    return load_cifar(
-        _dataset_for(settings, meta), d.data_dir or default_data_dir(), download=d.download,
-        val_size=from_meta("val_size"), split_seed=from_meta("split_seed"),
-        num_classes=meta.num_classes if meta is not None else settings.num_classes,
-        synthetic_size=from_meta("synthetic_size"),
-    )  # fmt: skip
-
-
-def check_classes(meta: WeightsMeta, dataset: str, path: Path) -> None:
-    """A checkpoint fits a dataset when both have the same classes, in the same order."""
-    classes = class_names(dataset, meta.num_classes)
-    if meta.num_classes != len(classes):
-        raise CheckpointError(
-            f"{path} has a {meta.num_classes}-class head ({meta.dataset}), but {dataset} has {len(classes)} classes",
-            f"evaluate it on --dataset {meta.dataset}, or use a checkpoint trained on {dataset}",
-        )
-    if tuple(meta.class_names) != tuple(classes):
-        raise CheckpointError(
-            f"{path}'s classes ({meta.dataset}) are not {dataset}'s classes", f"evaluate it on --dataset {meta.dataset}"
-        )
-
-
 def confusion_csv(confusion: torch.Tensor, names: Sequence[str]) -> bytes:
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -201,7 +164,7 @@ def evaluate_checkpoint(
         model, meta, _ = load_archive(path, device)
     else:
         model, meta = load_model(path)
-    check_classes(meta, _dataset_for(settings, meta), path)
+    check_classes(meta, dataset_for(settings, meta), path)
     data = load_data_for(settings, meta)
     split = data.test if settings.eval.split == "test" else data.val
     if len(split) == 0:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import CifarResnetError
-from .fileio import atomic_write_bytes
+from .errors import CifarResnetError, OutputError
+from .fileio import atomic_write_bytes, check_output_dir, output_error
 
 SETTINGS = "settings.json"
 METRICS = "metrics.jsonl"
@@ -16,16 +22,22 @@ LAST_STATE = "last.state.safetensors"
 BEST = "best.safetensors"
 SUMMARY = "summary.json"
 CURVES = "curves.png"
+LOCK = ".lock"
 
 
 def create_run_dir(root: Path, name: str) -> Path:
     """Make ``root/name``, or ``name2``, ``name3``, ... if it exists (never reuses a directory)."""
     if not name or "/" in name or name in (".", ".."):
         raise CifarResnetError(f"invalid run name {name!r}", "use a plain name such as cifar10-frozen")
+    if root.exists() and not root.is_dir():
+        raise OutputError(f"--runs-dir {root} is a file, not a folder", "pass a folder as --runs-dir")
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CifarResnetError(f"cannot create {root} ({exc})", "pass a writable --runs-dir") from None
+        raise OutputError(
+            f"cannot create --runs-dir {root} ({exc.strerror or exc})", "pass a writable --runs-dir"
+        ) from None
+    check_output_dir(root, "--runs-dir")
     for i in range(1, 10_000):
         path = root / (name if i == 1 else f"{name}{i}")
         try:
@@ -33,15 +45,28 @@ def create_run_dir(root: Path, name: str) -> Path:
             return path
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise output_error(exc, path, "create") from None
     raise CifarResnetError(f"too many runs named {name} in {root}")
 
 
+def strict(obj: Any) -> Any:
+    """``obj`` with every NaN or infinity replaced by None, so that it is strict JSON (``null``)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(strict(obj), indent=2, allow_nan=False) + "\n").encode())
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+    atomic_write_bytes(path, "".join(json.dumps(strict(r), allow_nan=False) + "\n" for r in rows).encode())
 
 
 def read_json(path: Path) -> Any:
@@ -54,6 +79,74 @@ def read_json(path: Path) -> Any:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON-lines file; a damaged line is named by file and number."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise CifarResnetError(f"{path} is not UTF-8 text ({exc.reason})") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CifarResnetError(
+                f"{path}, line {number}, is not valid JSON ({exc.msg})",
+                "the file is damaged; resuming the run rewrites it from its checkpoint",
+            ) from None
+        if not isinstance(row, dict):
+            raise CifarResnetError(f"{path}, line {number}, is not a JSON object")
+        rows.append(row)
+    return rows
+
+
+@contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` while a process trains in it; a second process is refused with the PID.
+
+    An ``flock`` belongs to the open file: the kernel releases it when the process ends in any way
+    (kill -9 included), so a stale lock cannot outlive its holder. The file is removed on release;
+    a process that locked a file which was removed meanwhile tries again on the new one.
+    """
+    path = run_dir / LOCK
+    while True:
+        fd = _lock_file(path, run_dir)
+        if os.fstat(fd).st_ino == _inode(path):
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)  # releases the lock
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _lock_file(path: Path, run_dir: Path) -> int:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise output_error(exc, path, "create the lock") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+            raise output_error(exc, path, "lock") from None
+        raise CifarResnetError(
+            f"{run_dir} is in use: process {holder} is training in it",
+            "wait for it to finish, or stop it first (kill -TERM saves a resumable state)",
+        ) from None
+    return fd

@@ -9,12 +9,13 @@ environment ``CIFAR_RESNET_<SECTION>__<FIELD>`` > ``--config FILE.toml`` or ``./
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -31,6 +32,26 @@ Device = Literal["auto", "cpu", "cuda", "mps"]
 
 _toml_file: ContextVar[Path | None] = ContextVar("cifar_resnet_toml_file", default=None)
 _init_only: ContextVar[bool] = ContextVar("cifar_resnet_init_only", default=False)
+
+
+_EVERY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(steps?|m|min|minutes?)?\s*$")
+
+
+def parse_checkpoint_every(value: str) -> tuple[int | None, float | None]:
+    """``"200"`` -> (200 steps, None); ``"5m"`` -> (None, 300 s); ``"0"`` -> (None, None): epoch ends only."""
+    match = _EVERY.match(str(value).lower())
+    if str(value).strip().lower() in ("0", "off", "epoch"):
+        return None, None
+    if match is None:
+        raise ValueError(f"{value!r}: give steps (200), minutes (5m), or 0 for epoch ends only")
+    number, unit = float(match.group(1)), match.group(2) or "steps"
+    if number <= 0:
+        return None, None
+    if unit.startswith("step"):
+        if number != int(number):
+            raise ValueError(f"{value!r}: a number of steps is a whole number")
+        return int(number), None
+    return None, number * 60
 
 
 class _Section(BaseModel):
@@ -97,8 +118,17 @@ class TrainSettings(_Section):
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed for every random draw")
     sync_bn: bool = Field(False, description="torchrun: BatchNorm statistics over the global batch")
     dist_timeout: float = Field(600.0, gt=0, le=86_400, description="torchrun: seconds before a stuck rank fails")
+    checkpoint_every: str = Field(
+        "5m", description="also save a resumable state inside epochs: every N steps (200) or minutes (5m); 0 = off"
+    )
     runs_dir: Path = Field(Path("runs"), description="where run directories are made")
     name: str | None = Field(None, description="run directory name (auto-numbered); default train")
+
+    @field_validator("checkpoint_every")
+    @classmethod
+    def _valid_every(cls, v: str) -> str:
+        parse_checkpoint_every(v)
+        return v.strip()
 
 
 class EvalSettings(_Section):

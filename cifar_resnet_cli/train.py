@@ -8,49 +8,49 @@ The best checkpoint is chosen on the validation split; the test set is scored on
 
 from __future__ import annotations
 
-import json
 import math
+import shutil
 import signal
-import threading
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file as st_load_file
-from safetensors.torch import save as st_save
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed, rundir
 from .augment import mix_batch, preprocess, random_crop_flip
+from .checkpoint import (
+    CheckpointClock,
+    Checkpointer,
+    Generation,
+    Progress,
+    StopRequest,
+    read_generation,
+    restore_optimizer,
+    stop_on_signals,
+)
 from .data import CIFAR_STATS
-from .datasets import CifarData, ImageSet, default_data_dir
+from .datasets import CifarData, ImageSet, default_data_dir, load_data_for
 from .devices import device_description, resolve_device
 from .distributed import DistContext, DistributedError, all_reduce_sum, barrier, broadcast_object
-from .errors import CheckpointError, CifarResnetError, ConfigError, DownloadError
-from .evaluate import Scores, autocast, evaluate_model, load_data_for, merge, score_logits
-from .fileio import atomic_write_bytes, sha256_file
+from .errors import CheckpointError, ConfigError, DownloadError, TrainingDiverged, TrainingInterrupted
+from .evaluate import Scores, autocast, evaluate_model, merge, score_logits
+from .fileio import remove_temporaries, sha256_file
 from .model import ResNet, freeze_backbone, resnet34
 from .plots import PlotUnavailable, plot_curves
-from .settings import Settings
-from .weights import WeightsMeta, load_model, model_from_tensors, read_weights, save_weights
+from .settings import Settings, parse_checkpoint_every
+from .weights import WeightsMeta, load_model, model_from_tensors
 
-STATE_FORMAT = "1"
-# Settings that may change when a run is resumed; any other difference is refused.
-RESUMABLE_CHANGES = {("train", "epochs"), ("device",)}
+__all__ = ["TrainResult", "TrainingDiverged", "TrainingInterrupted", "train"]
 
-
-class TrainingInterrupted(CifarResnetError):
-    exit_code = 130
-
-
-class TrainingDiverged(CifarResnetError):
-    pass
+# Settings that may change when a run is resumed (they do not change the result); others are refused.
+RESUMABLE_CHANGES = {("train", "epochs"), ("device",), ("train", "checkpoint_every")}
 
 
 class EpochMetrics(BaseModel):
@@ -251,34 +251,8 @@ def initial_model(settings: Settings, data: CifarData) -> Init:
 
 
 # ---------------------------------------------------------------------------------------------
-# Resume state
+# Data order and augmentation draws: functions of (seed, epoch, step, rank), so resume needs no state
 # ---------------------------------------------------------------------------------------------
-
-
-def _save_state(path: Path, *, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-                progress: dict[str, Any]) -> None:  # fmt: skip
-    """Everything but the weights that an exact resume needs, as one safetensors file.
-
-    The data order and the augmentation draws are functions of (seed, epoch, step, rank), so no
-    data RNG state is needed; the optimizer state, the step and the best score are.
-    """
-    opt = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
-    scalars: dict[str, dict[str, Any]] = {}
-    for idx, entry in opt["state"].items():
-        for key, value in entry.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(idx), {})[key] = value
-    header = {
-        "format_version": STATE_FORMAT,
-        "progress": json.dumps(progress),
-        "param_groups": json.dumps(opt["param_groups"]),
-        "optim_scalars": json.dumps(scalars),
-        "scaler": json.dumps(scaler.state_dict() if scaler is not None else None),
-    }
-    atomic_write_bytes(path, st_save(tensors, metadata=header))
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -289,36 +263,6 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 def step_generator(seed: int, global_step: int, rank: int) -> torch.Generator:
     """The augmentation RNG of one step on one rank: reproducible without saved state."""
     return torch.Generator().manual_seed(((seed * 1_000_003 + global_step) * 8_191 + rank) % 2**63)
-
-
-def _load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing: the run cannot be resumed", "start a new run")
-    try:
-        tensors = st_load_file(str(path))
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-        parsed = {k: json.loads(v) for k, v in header.items() if k != "format_version"}
-    except (SafetensorError, OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not a readable resume state ({exc})") from None
-    if header.get("format_version") != STATE_FORMAT:
-        raise CheckpointError(f"{path} has resume-state format {header.get('format_version')}, expected {STATE_FORMAT}")
-    return tensors, parsed
-
-
-def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], parsed: dict) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value
-    for idx, entry in parsed["optim_scalars"].items():
-        state.setdefault(int(idx), {}).update(entry)
-    current = optimizer.state_dict()["param_groups"]
-    saved = parsed["param_groups"]
-    if [len(g["params"]) for g in saved] != [len(g["params"]) for g in current]:
-        raise CheckpointError("the saved optimizer state does not fit this model's trainable parameters")
-    optimizer.load_state_dict({"state": state, "param_groups": saved})
 
 
 def settings_for_resume(run_dir: Path, overrides: dict[str, Any]) -> Settings:
@@ -343,45 +287,14 @@ def settings_for_resume(run_dir: Path, overrides: dict[str, Any]) -> Settings:
         what = "; ".join(f"{'.'.join(k)}: {a!r} -> {b!r}" for k, a, b in refused)
         raise ConfigError(
             f"cannot resume {run_dir} with different settings ({what})",
-            "resume may only change --epochs and --device; start a new run for anything else",
+            "resume may only change --epochs, --device and --checkpoint-every; start a new run for anything else",
         )
     return settings
 
 
 # ---------------------------------------------------------------------------------------------
-# Ctrl-C: finish the step, save, exit
-# ---------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def _graceful_interrupt(progress: TrainProgress):
-    flag = {"stop": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(_signum, _frame):
-        if flag["stop"]:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        flag["stop"] = True
-        progress.note("Ctrl-C: saving a resumable state after this step (press again to abort)")
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-# ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
-
-
-def _check_runtime(settings: Settings, device: torch.device) -> None:
-    t = settings.train
-    if t.amp == "fp16" and device.type != "cuda":
-        raise ConfigError("--amp fp16 needs CUDA", "use --amp bf16 on the CPU")
 
 
 @torch.inference_mode()
@@ -448,17 +361,41 @@ def train(settings: Settings, progress: TrainProgress | None = None, *, resume: 
     """
     ctx, device = distributed.setup(resolve_device(settings.device), settings.train.dist_timeout)
     try:
-        return _train(settings, progress if ctx.is_main else None, resume, ctx, device)
+        return _train(settings, (progress or NullProgress()) if ctx.is_main else NullProgress(), resume, ctx, device)
     finally:
         distributed.teardown()
 
 
-def _train(settings: Settings, progress: TrainProgress | None, resume: Path | None, ctx: DistContext,
+def _train(settings: Settings, progress: TrainProgress, resume: Path | None, ctx: DistContext,
            device: torch.device) -> TrainResult:  # fmt: skip
-    progress = progress or NullProgress()
-    t = settings.train
     started = time.perf_counter()
-    _check_runtime(settings, device)
+    _check_runtime(settings, device, ctx)
+    data = load_data_for(settings).to(device)
+    warnings = _warnings(settings, data, ctx)
+    with stop_on_signals(progress.note) as stop:
+        init = None
+        if resume is None:
+            init = initial_model(settings, data) if ctx.is_main else None
+            barrier(ctx)  # rank 0 may have ported ImageNet weights into the cache; now every rank can read them
+            if not ctx.is_main:
+                init = initial_model(settings, data)
+        with _run_folder(settings, resume, ctx) as run_dir:
+            stop.resume_hint = f"resume with: cifar-resnet train --resume {run_dir}"
+            gen = read_generation(run_dir) if resume is not None else None
+            loop, start = _prepare(settings, data, ctx, device, run_dir, gen, init, progress, stop)
+            progress.start(run_dir=str(run_dir), epochs=settings.train.epochs, first_epoch=start.epoch + 1,
+                           steps=loop.steps)  # fmt: skip
+            try:
+                loop.run(start)
+            finally:
+                progress.stop()
+            return _finish(loop, started, start.epoch if gen is not None else None, warnings)
+
+
+def _check_runtime(settings: Settings, device: torch.device, ctx: DistContext) -> None:
+    t = settings.train
+    if t.amp == "fp16" and device.type != "cuda":
+        raise ConfigError("--amp fp16 needs CUDA", "use --amp bf16 on the CPU")
     if t.batch_size < ctx.world_size:
         raise ConfigError(f"--batch-size {t.batch_size} is smaller than the {ctx.world_size} processes",
                           "--batch-size is the global batch, split over the processes")  # fmt: skip
@@ -466,39 +403,251 @@ def _train(settings: Settings, progress: TrainProgress | None, resume: Path | No
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
 
-    data = load_data_for(settings).to(device)
-    warnings: list[str] = []
+
+def _warnings(settings: Settings, data: CifarData, ctx: DistContext) -> list[str]:
+    warnings = []
     if data.synthetic:
         warnings.append("training on SYNTHETIC data (a built-in stand-in), not CIFAR")
     if len(data.val) == 0:
         warnings.append("no validation split (--val-size 0): best.safetensors is simply the last epoch")
-    if t.sync_bn and not ctx.enabled:
+    if settings.train.sync_bn and not ctx.enabled:
         warnings.append("--sync-bn has nothing to synchronise on one process: plain BatchNorm it is")
+    return warnings
 
-    state_tensors: dict[str, torch.Tensor] = {}
-    saved: dict[str, Any] = {}
-    if resume is not None:
-        state_tensors, saved = _load_state(resume / rundir.LAST_STATE)
-        tensors, meta = read_weights(resume / rundir.LAST)
-        if meta.trained_steps != saved["progress"]["global_step"] or meta.run != resume.name:
-            raise CheckpointError(
-                f"{resume}: last.safetensors (step {meta.trained_steps}) and last.state.safetensors (step "
-                f"{saved['progress']['global_step']}) do not belong together",
-                "the run was stopped while saving; start a new run",
-            )
-        init = Init(model_from_tensors(tensors, meta, resume / rundir.LAST, num_classes=settings.num_classes), meta)
-        run_dir = resume
-    else:
-        init = initial_model(settings, data) if ctx.is_main else None
-        barrier(ctx)  # rank 0 may have ported ImageNet weights into the cache; now every rank can read them
-        if not ctx.is_main:
-            init = initial_model(settings, data)
-        run_dir = None
+
+@contextmanager
+def _run_folder(settings: Settings, resume: Path | None, ctx: DistContext) -> Iterator[Path]:
+    """The run folder, locked by rank 0 while it trains there, with a killed writer's temporary files
+    removed. A new folder that fails before its first checkpoint is removed again: it holds nothing
+    that could be resumed or read."""
+    t = settings.train
+    run_dir, created = resume, False
+    if resume is None:
+        made = None
         if ctx.is_main:
-            run_dir = rundir.create_run_dir(t.runs_dir, t.name or "train")
-            rundir.write_json(run_dir / rundir.SETTINGS, settings.model_dump(mode="json"))
-        run_dir = Path(broadcast_object(str(run_dir) if run_dir else None, ctx))
-    model, template = init.model, init.meta.model_copy(update={"run": run_dir.name})
+            made = rundir.create_run_dir(t.runs_dir, t.name or "train")
+            created = True
+        run_dir = Path(broadcast_object(str(made) if made else None, ctx))
+    assert run_dir is not None
+    try:
+        with rundir.locked(run_dir) if ctx.is_main else nullcontext():
+            if ctx.is_main:
+                remove_temporaries(run_dir)
+                if created:
+                    rundir.write_json(run_dir / rundir.SETTINGS, settings.model_dump(mode="json"))
+            barrier(ctx)
+            yield run_dir
+    except BaseException:
+        if created and not (run_dir / rundir.LAST_STATE).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+@dataclass
+class _Sums:
+    """Running sums of an epoch on this rank (rank 0 also carries a resumed epoch's earlier part)."""
+
+    loss: torch.Tensor
+    correct: int = 0
+    seen: int = 0
+    samples: int = 0
+
+    def totals(self, ctx: DistContext, device: torch.device) -> list[float]:
+        packed = torch.tensor([float(self.loss), self.correct, self.seen, self.samples], dtype=torch.float64)
+        return all_reduce_sum(packed.to(device), ctx).tolist()
+
+
+@dataclass
+class _Loop:
+    """One training run's state between steps: the model, its optimiser, the data, the history."""
+
+    settings: Settings
+    ctx: DistContext
+    device: torch.device
+    data: CifarData
+    model: ResNet
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    ckpt: Checkpointer
+    progress: TrainProgress
+    stop: StopRequest
+    steps: int
+    n_batches: int
+    sched: dict[str, Any]
+    forward: torch.nn.Module | None = None
+    head: torch.nn.Module | None = None
+    cached: bool = False
+    train_feats: torch.Tensor | None = None
+    val_feats: torch.Tensor | None = None
+    extract_s: float = 0.0
+    history: list[EpochMetrics] = field(default_factory=list)
+    best_top1: float = -1.0
+    best_epoch: int = 0
+    train_time: float = 0.0
+    head_times: list[float] = field(default_factory=list)
+
+    @property
+    def template(self) -> WeightsMeta:
+        return self.ckpt.template
+
+    def run(self, start: Progress) -> None:
+        t = self.settings.train
+        clock = CheckpointClock(*parse_checkpoint_every(t.checkpoint_every), time.monotonic)
+        first_step, partial = start.step_in_epoch, start.partial
+        for epoch in range(start.epoch + 1, t.epochs + 1):
+            self._epoch(epoch, first_step, partial, clock)
+            first_step, partial = 0, None
+
+    def _epoch(self, epoch: int, first_step: int, partial: dict[str, float] | None, clock: CheckpointClock) -> None:
+        t, ctx, device = self.settings.train, self.ctx, self.device
+        self.model.train()
+        n_train = len(self.data.train)
+        batches = torch.tensor_split(epoch_order(n_train, t.seed, epoch).to(device), self.n_batches)[: self.steps]
+        before = partial if partial is not None and ctx.is_main else {}
+        loss0 = torch.tensor(before.get("loss_sum", 0.0), dtype=torch.float64, device=device)
+        sums = _Sums(loss0, *(int(before.get(k, 0)) for k in ("correct", "seen", "samples")))
+        seen_before = int(partial["seen"]) if partial else 0
+        coverage = torch.zeros(n_train, device=device, dtype=torch.int32)
+        epoch_start = time.perf_counter()
+        for i in range(first_step, self.steps):
+            idx = _shard(batches[i], ctx)
+            coverage[idx] += 1
+            loss_total, logits, labels = self._step(epoch, i, idx, len(batches[i]))
+            sums.loss += loss_total.double()
+            sums.correct += int((logits.argmax(1) == labels).sum())
+            sums.seen += len(idx)
+            sums.samples += len(idx)
+            if ctx.is_main:
+                elapsed = time.perf_counter() - epoch_start
+                self.progress.step(epoch=epoch, step=i + 1, steps=self.steps, loss=float(sums.loss) / max(sums.seen, 1),
+                                   top1=sums.correct / max(sums.seen, 1), lr=self.optimizer.param_groups[-1]["lr"],
+                                   ips=(sums.seen - seen_before) * ctx.world_size / max(elapsed, 1e-9))  # fmt: skip
+            due = ctx.is_main and clock.tick()
+            flags = all_reduce_sum(torch.tensor([float(self.stop.signum is not None), float(due)], device=device), ctx)
+            if (flags[0] > 0 or flags[1] > 0) and i + 1 < self.steps:
+                totals = sums.totals(ctx, device)
+                partial_now = {"loss_sum": totals[0], "correct": int(totals[1]), "seen": int(totals[2]),
+                               "samples": int(totals[3])}  # fmt: skip
+                self._save(Progress(epoch - 1, i + 1, (epoch - 1) * self.steps + i + 1, self.best_top1,
+                                    self.best_epoch, partial_now), clock)  # fmt: skip
+                if flags[0] > 0:
+                    raise self._interrupted(f"at epoch {epoch}, step {i + 1}/{self.steps}")
+        epoch_time = time.perf_counter() - epoch_start
+        self.train_time += epoch_time
+        if self.cached:
+            self.head_times.append(epoch_time)
+
+        # Every sample of the epoch seen exactly once across the ranks (fewer with --limit-batches).
+        coverage = all_reduce_sum(coverage, ctx)
+        if int(coverage.max()) > 1 or (first_step == 0 and self.steps == self.n_batches and int(coverage.min()) < 1):
+            raise DistributedError(f"epoch {epoch}: the ranks did not share the data exactly once")
+        totals = sums.totals(ctx, device)
+        val = self._validate(epoch)
+        score = val.top1_acc if val is not None else float(epoch)
+        is_best = score > self.best_top1
+        if is_best:
+            self.best_top1, self.best_epoch = score, epoch
+        metrics = EpochMetrics(
+            epoch=epoch, lr=self.optimizer.param_groups[-1]["lr"], train_loss=totals[0] / max(totals[2], 1),
+            train_top1=totals[1] / max(totals[2], 1), val_loss=val.loss if val else None,
+            val_top1=val.top1_acc if val else None, val_top5=val.top5_acc if val else None,
+            epoch_time_s=epoch_time, images_per_s=(totals[2] - seen_before) / max(epoch_time, 1e-9), best=is_best,
+            train_samples=int(totals[3]), val_samples=val.count if val else 0,
+        )  # fmt: skip
+        self.history.append(metrics)
+        self._save(Progress(epoch, 0, epoch * self.steps, self.best_top1, self.best_epoch), clock)
+        self.progress.epoch_end(metrics)
+        stop = all_reduce_sum(torch.tensor([float(self.stop.signum is not None)], device=device), ctx)
+        if stop[0] > 0 and epoch < t.epochs:
+            raise self._interrupted(f"after epoch {epoch}")
+
+    def _step(self, epoch: int, i: int, idx: torch.Tensor, global_batch: int):
+        """One optimisation step on this rank's share ``idx`` of the batch; returns its summed loss,
+        logits and labels (detached)."""
+        t, ctx, m = self.settings.train, self.ctx, self.template
+        labels = self.data.train.labels[idx]
+        global_step = (epoch - 1) * self.steps + i
+        factor = lr_factor(global_step, **self.sched)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["peak_lr"] * factor
+        target: torch.Tensor = labels
+        if self.cached:
+            with autocast(self.device, t.amp):
+                logits = self.head(self.train_feats[idx])
+        else:
+            rng = step_generator(t.seed, global_step, ctx.rank)
+            images = self.data.train.images[idx]
+            if t.augment:
+                images = random_crop_flip(images, rng)
+            x = preprocess(images, m.mean, m.std, self.settings.model.image_size, channels_last=t.channels_last)
+            if t.cutmix > 0 or t.mixup > 0:
+                soft = F.one_hot(labels, self.settings.num_classes).float()
+                x, target = mix_batch(x, soft, cutmix_alpha=t.cutmix, mixup_alpha=t.mixup, prob=t.mix_prob,
+                                      generator=rng)  # fmt: skip
+            with autocast(self.device, t.amp):
+                logits = self.forward(x)
+        # Sum over this rank's images / global batch x ranks: DDP's average of the ranks' gradients is
+        # then the gradient of the global mean loss, whatever the shard sizes.
+        loss_total = F.cross_entropy(logits.float(), target, label_smoothing=t.label_smoothing, reduction="sum")
+        loss = loss_total * (ctx.world_size / global_batch)
+        bad = all_reduce_sum(torch.tensor([float(not bool(torch.isfinite(loss)))], device=self.device), ctx)
+        if bad[0] > 0:  # on any rank: every rank stops, none steps
+            raise TrainingDiverged(
+                f"the loss became {float(loss.detach())} at epoch {epoch}, step {i + 1}; last good checkpoint: "
+                f"{self.ckpt.last_good()}",
+                "lower --lr, add --warmup-epochs, or turn off --amp fp16",
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        return loss_total.detach(), logits.detach(), labels
+
+    def _validate(self, epoch: int) -> Scores | None:
+        """Validation scores (they select the best checkpoint); a non-finite loss stops the run."""
+        if not len(self.data.val):
+            return None
+        t = self.settings.train
+        val = _evaluate(self.model, self.data.val, self.settings, self.template, self.ctx, self.device, amp=t.amp,
+                        channels_last=t.channels_last, features=self.val_feats)  # fmt: skip
+        if not math.isfinite(val.loss):
+            raise TrainingDiverged(
+                f"the validation loss became {val.loss} at epoch {epoch} (the weights have blown up); this epoch was "
+                f"not saved; last good checkpoint: {self.ckpt.last_good()}",
+                "lower --lr, add --warmup-epochs, or turn off --amp fp16",
+            )
+        return val
+
+    def _save(self, progress: Progress, clock: CheckpointClock) -> None:
+        progress.history = [h.model_dump() for h in self.history]
+        self.ckpt.save(self.model, self.optimizer, self.scaler, progress)
+        clock.reset()
+        barrier(self.ctx)
+
+    def _interrupted(self, where: str) -> TrainingInterrupted:
+        name = self.stop.name or "a signal on another process"
+        return TrainingInterrupted(f"{name}: stopped {where}; state saved in {self.ckpt.run_dir}",
+                                   self.stop.resume_hint, signum=self.stop.signum or signal.SIGTERM)  # fmt: skip
+
+
+def _prepare(settings: Settings, data: CifarData, ctx: DistContext, device: torch.device, run_dir: Path,
+             gen: Generation | None, init: Init | None, progress: TrainProgress,
+             stop: StopRequest) -> tuple[_Loop, Progress]:  # fmt: skip
+    """The model (new or from the checkpoint), its optimiser, and where training starts."""
+    t = settings.train
+    start = Progress(epoch=0, step_in_epoch=0, global_step=0, best_top1=-1.0, best_epoch=0)
+    if gen is not None:
+        start = gen.progress
+        _check_resumable(run_dir, start, t.epochs)
+        model = model_from_tensors(gen.weights, gen.meta, run_dir / rundir.LAST_STATE, num_classes=settings.num_classes)
+        template = gen.meta
+    else:
+        assert init is not None
+        model, template = init.model, init.meta
     if t.freeze_backbone:
         freeze_backbone(model)
     if t.sync_bn and ctx.enabled:
@@ -506,219 +655,87 @@ def _train(settings: Settings, progress: TrainProgress | None, resume: Path | No
     model.to(device)
     if t.channels_last:
         model.to(memory_format=torch.channels_last)
-
-    n_train = len(data.train)
-    n_batches = math.ceil(n_train / t.batch_size)
+    n_batches = math.ceil(len(data.train) / t.batch_size)
     steps = min(n_batches, t.limit_batches or n_batches)
-    sched = _schedule_args(settings, steps)
-    optimizer = make_optimizer(model, settings)
-    scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" else None
-    history = [EpochMetrics.model_validate(r) for r in rundir.read_jsonl(run_dir / rundir.METRICS)]
-    first_epoch, first_step, partial = 1, 0, {"loss_sum": 0.0, "correct": 0, "seen": 0}
-    best_top1, best_epoch = -1.0, 0
-    if resume is not None:
-        _restore_optimizer(optimizer, state_tensors, saved)
-        torch.set_rng_state(state_tensors["rng.torch"])
-        if scaler is not None and saved.get("scaler"):
-            scaler.load_state_dict(saved["scaler"])
-        p = saved["progress"]
-        best_top1, best_epoch = p["best_top1"], p["best_epoch"]
-        history = history[: p["epoch"]]
-        first_epoch = p["epoch"] + 1
-        if p["step_in_epoch"]:  # stopped inside an epoch: finish that epoch first
-            first_step, partial = p["step_in_epoch"], p["partial"]
-        if first_epoch > t.epochs:
-            raise ConfigError(f"{run_dir} has finished {p['epoch']} epochs already",
-                              f"raise --epochs above {p['epoch']} to train longer")  # fmt: skip
-    resumed_from = first_epoch - 1 if resume is not None else None
+    ckpt = Checkpointer(run_dir, template.model_copy(update={"run": run_dir.name}), write=ctx.is_main)
+    loop = _Loop(settings=settings, ctx=ctx, device=device, data=data, model=model,
+                 optimizer=make_optimizer(model, settings),
+                 scaler=torch.amp.GradScaler("cuda") if t.amp == "fp16" else None, ckpt=ckpt, progress=progress,
+                 stop=stop, steps=steps, n_batches=n_batches, sched=_schedule_args(settings, steps))  # fmt: skip
+    if gen is not None:
+        restore_optimizer(loop.optimizer, gen)
+        torch.set_rng_state(gen.rng)
+        if loop.scaler is not None and gen.header["scaler"]:
+            loop.scaler.load_state_dict(gen.header["scaler"])
+        loop.history = [EpochMetrics.model_validate(r) for r in start.history]
+        loop.best_top1, loop.best_epoch = start.best_top1, start.best_epoch
+        for name in ckpt.repair(gen):
+            progress.note(f"{name} was behind the checkpoint (stopped while saving): rewritten from it")
+        barrier(ctx)
+    _wrap(loop)
+    return loop, start
 
-    cached = t.freeze_backbone and t.cache_features and not t.augment and t.cutmix == 0 and t.mixup == 0
-    train_feats = val_feats = None
-    extract_s = 0.0
-    if cached:
+
+def _check_resumable(run_dir: Path, start: Progress, epochs: int) -> None:
+    done = start.epoch + (1 if start.step_in_epoch else 0)
+    finished = start.epoch >= epochs and start.step_in_epoch == 0 and (run_dir / rundir.SUMMARY).is_file()
+    if finished or done > epochs:
+        raise ConfigError(f"{run_dir} has finished {start.epoch} epochs already",
+                          f"raise --epochs above {start.epoch} to train longer")  # fmt: skip
+
+
+def _wrap(loop: _Loop) -> None:
+    """Feature cache, DDP and torch.compile around the model, as the settings ask."""
+    t, ctx, model = loop.settings.train, loop.ctx, loop.model
+    loop.cached = t.freeze_backbone and t.cache_features and not t.augment and t.cutmix == 0 and t.mixup == 0
+    if loop.cached:
+        size, batch = loop.settings.model.image_size, loop.settings.eval.batch_size
         tick = time.perf_counter()
-        train_feats = _features(model, data.train.images, template, settings.model.image_size,
-                                settings.eval.batch_size, t.channels_last, t.amp)  # fmt: skip
-        extract_s = time.perf_counter() - tick
-        val_feats = _features(model, data.val.images, template, settings.model.image_size,
-                              settings.eval.batch_size, t.channels_last, t.amp)  # fmt: skip
+        loop.train_feats = _features(model, loop.data.train.images, loop.template, size, batch, t.channels_last, t.amp)
+        loop.extract_s = time.perf_counter() - tick
+        loop.val_feats = _features(model, loop.data.val.images, loop.template, size, batch, t.channels_last, t.amp)
     # Under torchrun, gradients are averaged by DistributedDataParallel: around the head alone when
     # the head trains on cached features, around the whole model otherwise.
-    head: torch.nn.Module = model.fc
-    forward: torch.nn.Module = model
+    loop.head, loop.forward = model.fc, model
     if ctx.enabled:
-        ids = [device.index] if device.type == "cuda" else None
-        if cached:
-            head = DistributedDataParallel(model.fc, device_ids=ids)
+        ids = [loop.device.index] if loop.device.type == "cuda" else None
+        if loop.cached:
+            loop.head = DistributedDataParallel(model.fc, device_ids=ids)
         else:
-            forward = DistributedDataParallel(model, device_ids=ids)
+            loop.forward = DistributedDataParallel(model, device_ids=ids)
     if t.compile:
-        forward = torch.compile(forward)
-    train_time = 0.0
-    head_times: list[float] = []
+        loop.forward = torch.compile(loop.forward)
 
-    def save_last(epochs_done: int, step_in_epoch: int, stats: dict | None) -> None:
-        """The resume state, then the weights; both carry the step, so a torn pair is detected."""
-        if ctx.is_main:
-            progress_state = {"epoch": epochs_done, "step_in_epoch": step_in_epoch, "global_step":
-                              epochs_done * steps + step_in_epoch, "best_top1": best_top1, "best_epoch": best_epoch,
-                              "partial": stats}  # fmt: skip
-            _save_state(run_dir / rundir.LAST_STATE, optimizer=optimizer, scaler=scaler, progress=progress_state)
-            save_weights(
-                run_dir / rundir.LAST, model.state_dict(), _meta_at(template, epochs_done, step_in_epoch, steps)
-            )
-        barrier(ctx)
 
-    progress.start(run_dir=str(run_dir), epochs=t.epochs, first_epoch=first_epoch, steps=steps)
-    try:
-        with _graceful_interrupt(progress) as interrupt:
-            for epoch in range(first_epoch, t.epochs + 1):
-                model.train()
-                batches = torch.tensor_split(epoch_order(n_train, t.seed, epoch).to(device), n_batches)[:steps]
-                loss_sum = torch.tensor(partial["loss_sum"], device=device, dtype=torch.float64)
-                correct, seen = partial["correct"], partial["seen"]
-                coverage = torch.zeros(n_train, device=device, dtype=torch.int32)
-                epoch_start = time.perf_counter()
-                for i in range(first_step, steps):
-                    global_batch = batches[i]
-                    idx = _shard(global_batch, ctx)
-                    coverage[idx] += 1
-                    labels = data.train.labels[idx]
-                    global_step = (epoch - 1) * steps + i
-                    factor = lr_factor(global_step, **sched)
-                    for group in optimizer.param_groups:
-                        group["lr"] = group["peak_lr"] * factor
-                    if cached:
-                        with autocast(device, t.amp):
-                            logits = head(train_feats[idx])
-                        target: torch.Tensor = labels
-                    else:
-                        rng = step_generator(t.seed, global_step, ctx.rank)
-                        images = data.train.images[idx]
-                        if t.augment:
-                            images = random_crop_flip(images, rng)
-                        x = preprocess(images, template.mean, template.std, settings.model.image_size,
-                                       channels_last=t.channels_last)  # fmt: skip
-                        target = labels
-                        if t.cutmix > 0 or t.mixup > 0:
-                            soft = F.one_hot(labels, settings.num_classes).float()
-                            x, target = mix_batch(x, soft, cutmix_alpha=t.cutmix, mixup_alpha=t.mixup,
-                                                  prob=t.mix_prob, generator=rng)  # fmt: skip
-                        with autocast(device, t.amp):
-                            logits = forward(x)
-                    # Sum over this rank's images / global batch x ranks: DDP's average of the ranks'
-                    # gradients is then the gradient of the global mean loss, whatever the shard sizes.
-                    loss_total = F.cross_entropy(logits.float(), target, label_smoothing=t.label_smoothing,
-                                                 reduction="sum")  # fmt: skip
-                    loss = loss_total * (ctx.world_size / len(global_batch))
-                    bad = all_reduce_sum(torch.tensor([float(not bool(torch.isfinite(loss)))], device=device), ctx)
-                    if bad[0] > 0:  # on any rank: every rank stops, none steps
-                        last = f"{run_dir / rundir.LAST} (epoch {len(history)})" if history else "none saved yet"
-                        raise TrainingDiverged(
-                            f"the loss became {float(loss.detach())} at epoch {epoch}, step {i + 1}; "
-                            f"last good checkpoint: {last}",
-                            "lower --lr, add --warmup-epochs, or turn off --amp fp16",
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    if scaler is not None:
-                        scaler.scale(loss).backward()
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        loss.backward()
-                        optimizer.step()
-                    loss_sum += loss_total.detach().double()
-                    correct += int((logits.detach().argmax(1) == labels).sum())
-                    seen += len(idx)
-                    if ctx.is_main:
-                        elapsed = time.perf_counter() - epoch_start
-                        progress.step(epoch=epoch, step=i + 1, steps=steps, loss=float(loss_sum) / max(seen, 1),
-                                      top1=correct / max(seen, 1), lr=optimizer.param_groups[-1]["lr"],
-                                      ips=(seen - partial["seen"]) * ctx.world_size / max(elapsed, 1e-9))  # fmt: skip
-                    stop = all_reduce_sum(torch.tensor([float(interrupt["stop"])], device=device), ctx)
-                    if stop[0] > 0 and i + 1 < steps:  # Ctrl-C on any rank: all save and stop here
-                        totals = all_reduce_sum(torch.tensor([float(loss_sum), correct, seen], dtype=torch.float64,
-                                                             device=device), ctx)  # fmt: skip
-                        save_last(epoch - 1, i + 1, {"loss_sum": float(totals[0]) / ctx.world_size,
-                                                     "correct": int(totals[1]) // ctx.world_size,
-                                                     "seen": int(totals[2]) // ctx.world_size})  # fmt: skip
-                        raise TrainingInterrupted(
-                            f"interrupted at epoch {epoch}, step {i + 1}/{steps}; state saved in {run_dir}",
-                            f"resume with: cifar-resnet train --resume {run_dir}",
-                        )
-                epoch_time = time.perf_counter() - epoch_start
-                train_time += epoch_time
-                if cached:
-                    head_times.append(epoch_time)
-
-                # Every sample of the epoch seen exactly once across the ranks (fewer with --limit-batches).
-                coverage = all_reduce_sum(coverage, ctx)
-                if int(coverage.max()) > 1 or (first_step == 0 and steps == n_batches and int(coverage.min()) < 1):
-                    raise DistributedError(f"epoch {epoch}: the ranks did not share the data exactly once")
-                totals = all_reduce_sum(torch.tensor([float(loss_sum), correct, seen], dtype=torch.float64,
-                                                     device=device), ctx).tolist()  # fmt: skip
-                epoch_seen = int(totals[2]) - partial["seen"] * (ctx.world_size if ctx.enabled else 1)
-
-                # Validation: selects the best checkpoint.
-                val: Scores | None = None
-                if len(data.val):
-                    val = _evaluate(model, data.val, settings, template, ctx, device, amp=t.amp,
-                                    channels_last=t.channels_last, features=val_feats)  # fmt: skip
-                score = val.top1_acc if val is not None else float(epoch)
-                is_best = score > best_top1
-                if is_best:
-                    best_top1, best_epoch = score, epoch
-                metrics = EpochMetrics(
-                    epoch=epoch, lr=optimizer.param_groups[-1]["lr"], train_loss=totals[0] / max(totals[2], 1),
-                    train_top1=totals[1] / max(totals[2], 1), val_loss=val.loss if val else None,
-                    val_top1=val.top1_acc if val else None, val_top5=val.top5_acc if val else None,
-                    epoch_time_s=epoch_time, images_per_s=epoch_seen / max(epoch_time, 1e-9), best=is_best,
-                    train_samples=int(coverage.sum()), val_samples=val.count if val else 0,
-                )  # fmt: skip
-                history.append(metrics)
-
-                # Save (rank 0): state, weights, best, metrics; each atomically.
-                save_last(epoch, 0, None)
-                if ctx.is_main:
-                    if is_best:
-                        save_weights(run_dir / rundir.BEST, model.state_dict(), _meta_at(template, epoch, 0, steps))
-                    rundir.write_jsonl(run_dir / rundir.METRICS, [h.model_dump() for h in history])
-                barrier(ctx)
-                progress.epoch_end(metrics)
-                first_step, partial = 0, {"loss_sum": 0.0, "correct": 0, "seen": 0}
-                stop = all_reduce_sum(torch.tensor([float(interrupt["stop"])], device=device), ctx)
-                if stop[0] > 0 and epoch < t.epochs:
-                    raise TrainingInterrupted(
-                        f"interrupted after epoch {epoch}; state saved in {run_dir}",
-                        f"resume with: cifar-resnet train --resume {run_dir}",
-                    )
-    finally:
-        progress.stop()
-
-    # The test set, once, with the checkpoint chosen on validation.
+def _finish(loop: _Loop, started: float, resumed_from: int | None, warnings: list[str]) -> TrainResult:
+    """The test set, once, with the checkpoint chosen on validation; summary.json and the curves."""
+    settings, ctx, device, data, t = loop.settings, loop.ctx, loop.device, loop.data, loop.settings.train
+    run_dir = loop.ckpt.run_dir
     best_model, best_meta = load_model(run_dir / rundir.BEST)
     best_model.to(device)
     test = _evaluate(best_model, data.test, settings, best_meta, ctx, device, amp="off", channels_last=False)
     cache_note = None
-    if cached and head_times:
-        per_epoch_uncached = extract_s + sum(head_times) / len(head_times)
-        epochs_here = len(head_times)
-        speedup = epochs_here * per_epoch_uncached / (extract_s + sum(head_times))
+    if loop.cached and loop.head_times:
+        n, head_s = len(loop.head_times), sum(loop.head_times)
+        per_epoch_uncached = loop.extract_s + head_s / n
         cache_note = (
-            f"features computed once in {extract_s:.2f} s; head epochs took {sum(head_times) / epochs_here:.3f} s; "
+            f"features computed once in {loop.extract_s:.2f} s; head epochs took {head_s / n:.3f} s; "
             f"without the cache each epoch would run the backbone again (about {per_epoch_uncached:.2f} s): "
-            f"about {speedup:.1f}x faster over {epochs_here} epochs (estimated from the extraction time)"
+            f"about {n * per_epoch_uncached / (loop.extract_s + head_s):.1f}x faster over {n} epochs "
+            "(estimated from the extraction time)"
         )
+    history = loop.history
     trained_images = sum(h.images_per_s * h.epoch_time_s for h in history[(resumed_from or 0) :])
     result = TrainResult(
-        run_dir=str(run_dir), dataset=data.name, synthetic=data.synthetic, init=template.source,
-        pretrained=template.pretrained, mode="feature extraction" if t.freeze_backbone else "fine-tuning",
-        feature_cache=cached, feature_cache_note=cache_note, epochs=t.epochs, steps_per_epoch=steps,
-        train_images=n_train, val_images=len(data.val), test_images=len(data.test), best_epoch=best_epoch,
-        best_val_top1=best_top1 if len(data.val) else None, test_top1=test.top1_acc, test_top5=test.top5_acc,
-        test_loss=test.loss, train_time_s=train_time, total_time_s=time.perf_counter() - started,
-        images_per_s=trained_images / max(train_time, 1e-9), resumed_from_epoch=resumed_from,
-        device=device_description(device), processes=ctx.world_size, history=history, warnings=warnings,
+        run_dir=str(run_dir), dataset=data.name, synthetic=data.synthetic, init=loop.template.source,
+        pretrained=loop.template.pretrained, mode="feature extraction" if t.freeze_backbone else "fine-tuning",
+        feature_cache=loop.cached, feature_cache_note=cache_note, epochs=t.epochs, steps_per_epoch=loop.steps,
+        train_images=len(data.train), val_images=len(data.val), test_images=len(data.test),
+        best_epoch=loop.best_epoch, best_val_top1=loop.best_top1 if len(data.val) else None,
+        test_top1=test.top1_acc, test_top5=test.top5_acc, test_loss=test.loss, train_time_s=loop.train_time,
+        total_time_s=time.perf_counter() - started, images_per_s=trained_images / max(loop.train_time, 1e-9),
+        resumed_from_epoch=resumed_from, device=device_description(device), processes=ctx.world_size,
+        history=history, warnings=warnings,
     )  # fmt: skip
     if ctx.is_main:
         try:
@@ -728,9 +745,3 @@ def _train(settings: Settings, progress: TrainProgress | None, resume: Path | No
         rundir.write_json(run_dir / rundir.SUMMARY, result.model_dump(mode="json"))
     barrier(ctx)
     return result
-
-
-def _meta_at(template: WeightsMeta, epochs_done: int, step_in_epoch: int, steps: int) -> WeightsMeta:
-    return template.model_copy(
-        update={"trained_epochs": epochs_done, "trained_steps": epochs_done * steps + step_in_epoch}
-    )

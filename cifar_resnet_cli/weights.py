@@ -7,13 +7,15 @@ size) and where the weights came from (source and its sha256).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -23,8 +25,8 @@ from .errors import CheckpointError
 from .fileio import atomic_write_bytes
 from .model import ResNet, resnet34
 
-FORMAT_VERSION = "1"
-SUPPORTED_FORMATS = ("1",)
+FORMAT_VERSION = "2"  # 2: the header carries tensors_sha256, a digest of every tensor
+SUPPORTED_FORMATS = ("1", "2")
 _SHOW = 6  # how many differing keys an error message names
 
 
@@ -34,12 +36,14 @@ class WeightsMeta(BaseModel):
     format_version: str = FORMAT_VERSION
     arch: Literal["resnet34"] = "resnet34"
     stem: Literal["imagenet", "cifar"]
-    num_classes: int
+    num_classes: int = Field(ge=2, le=100_000)
     class_names: list[str]
     dataset: str
+    # Per-channel statistics of pixels scaled to [0, 1]: a mean outside [0, 1] or a std of 0 (or below
+    # 1/1000, which would multiply inputs by more than 1000) is damage, not a preprocessing choice.
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    image_size: int
+    image_size: int = Field(ge=16, le=512)  # the range --image-size accepts
     pretrained: bool
     source: str
     source_sha256: str
@@ -52,6 +56,21 @@ class WeightsMeta(BaseModel):
     split_seed: int | None = None
     synthetic_size: int | None = None
     run: str | None = None
+    tensors_sha256: str | None = None  # see tensor_digest; set by weights_bytes, checked by parse_weights
+
+    @field_validator("mean")
+    @classmethod
+    def _mean_in_range(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(math.isfinite(x) and 0 <= x <= 1 for x in v):
+            raise ValueError(f"mean {list(v)} must lie in [0, 1] (pixels are scaled to [0, 1])")
+        return v
+
+    @field_validator("std")
+    @classmethod
+    def _std_in_range(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(math.isfinite(x) and 1e-3 <= x <= 1 for x in v):
+            raise ValueError(f"std {list(v)} must lie in [0.001, 1]")
+        return v
 
     def to_header(self) -> dict[str, str]:
         """Flatten to safetensors' str -> str metadata; lists and tuples as JSON."""
@@ -74,6 +93,8 @@ class WeightsMeta(BaseModel):
                 f"{', '.join(SUPPORTED_FORMATS)}",
                 "upgrade cifar-resnet",
             )
+        if header["format_version"] != "1" and "tensors_sha256" not in header:
+            raise CheckpointError(f"{path} is damaged: its header lacks the tensors_sha256 digest")
         if header["arch"] != "resnet34":
             raise CheckpointError(f"{path} holds a {header['arch']}, not a resnet34")
         values: dict[str, object] = {}
@@ -81,7 +102,12 @@ class WeightsMeta(BaseModel):
             if name not in header:
                 continue
             raw = header[name]
-            values[name] = raw if field.annotation is str else _json_or_raw(raw)
+            if field.annotation is str:
+                values[name] = raw
+            elif field.annotation == (str | None):  # stored as the string itself, or "null"
+                values[name] = None if raw == "null" else raw
+            else:
+                values[name] = _json_or_raw(raw)
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
@@ -122,9 +148,33 @@ def state_dict_differences(
     return problems
 
 
+def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order.
+
+    Stored in the header and checked on load: a flipped bit, a NaN written over a weight or a
+    truncated tensor changes it, and the file is refused instead of scoring 0% or nan%.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def weights_bytes(state_dict: Mapping[str, torch.Tensor], meta: WeightsMeta) -> bytes:
-    """Serialise tensors (moved to CPU, contiguous) and metadata to safetensors bytes."""
+    """Serialise tensors (moved to CPU, contiguous) and metadata, with the tensors' digest, to
+    safetensors bytes. Non-finite weights are never written."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise CheckpointError(f"refusing to save non-finite weights ({len(bad)} tensors: {_names(bad)})")
+    meta = meta.model_copy(update={"tensors_sha256": tensor_digest(tensors)})
     return st_save(tensors, metadata=meta.to_header())
 
 
@@ -133,8 +183,22 @@ def save_weights(path: Path, state_dict: Mapping[str, torch.Tensor], meta: Weigh
     atomic_write_bytes(path, weights_bytes(state_dict, meta))
 
 
+def check_tensors(tensors: Mapping[str, torch.Tensor], expected_digest: str | None, path: Path) -> None:
+    """Refuse tensors whose digest differs from the stored one, or that are not finite."""
+    if expected_digest is not None and tensor_digest(tensors) != expected_digest:
+        raise CheckpointError(
+            f"{path} is damaged: its tensors do not match the sha256 digest stored in its header",
+            "the file was corrupted on disk or in transfer; use another copy or re-create it",
+        )
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise CheckpointError(f"{path} holds non-finite weights ({len(bad)} tensors: {_names(bad)})",
+                              "it comes from a diverged or damaged run; use an earlier checkpoint")  # fmt: skip
+
+
 def parse_weights(data: bytes, path: Path) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
-    """Tensors and checked metadata from the bytes of a safetensors file (``path`` for messages)."""
+    """Tensors and checked metadata from the bytes of a safetensors file (``path`` for messages):
+    the header's fields in range, the tensors' digest right, every weight finite."""
     try:
         tensors = st_load(data)
         header = _read_header(data)
@@ -143,7 +207,9 @@ def parse_weights(data: bytes, path: Path) -> tuple[dict[str, torch.Tensor], Wei
             f"{path} is not a readable safetensors file ({exc})",
             "pass a .safetensors file written by `cifar-resnet port` or `train`",
         ) from None
-    return tensors, WeightsMeta.from_header(header, path)
+    meta = WeightsMeta.from_header(header, path)
+    check_tensors(tensors, meta.tensors_sha256, path)
+    return tensors, meta
 
 
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], WeightsMeta]:

@@ -123,3 +123,31 @@ def assert_fp32_close(out: torch.Tensor, expected: torch.Tensor) -> None:
     allowed = 1e-4 * max(1.0, float(expected.abs().max()))
     diff = float((out.float() - expected.float()).abs().max())
     assert diff <= allowed, f"max |diff| {diff:.3g} > {allowed:.3g}"
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Two run folders hold the same training: checkpoint weights, optimiser state and progress
+    bit for bit, every metrics row but its timing fields, and last/best weights; no leftovers."""
+    from cifar_resnet_cli import rundir
+    from cifar_resnet_cli.checkpoint import read_generation
+    from cifar_resnet_cli.weights import read_weights
+
+    ga, gb = read_generation(a), read_generation(b)
+    assert ga.weights.keys() == gb.weights.keys()
+    assert all(torch.equal(ga.weights[k], gb.weights[k]) for k in ga.weights), "weights differ"
+    assert ga.optimizer_tensors.keys() == gb.optimizer_tensors.keys() and ga.optimizer_tensors
+    assert all(torch.equal(ga.optimizer_tensors[k], gb.optimizer_tensors[k]) for k in ga.optimizer_tensors)
+    assert (ga.progress.epoch, ga.progress.global_step, ga.progress.best_epoch, ga.progress.best_top1) == (
+        gb.progress.epoch, gb.progress.global_step, gb.progress.best_epoch, gb.progress.best_top1)  # fmt: skip
+
+    def rows(run: Path) -> list[dict]:
+        return [
+            {k: v for k, v in r.items() if k not in ("epoch_time_s", "images_per_s")}
+            for r in rundir.read_jsonl(run / rundir.METRICS)
+        ]
+
+    assert rows(a) == rows(b) and [r["epoch"] for r in rows(b)] == list(range(1, len(rows(b)) + 1))
+    for name in (rundir.LAST, rundir.BEST):
+        ta, tb = read_weights(a / name)[0], read_weights(b / name)[0]
+        assert all(torch.equal(ta[k], tb[k]) for k in ta), name
+    assert not list(b.glob(".*.tmp")) and not (b / rundir.LOCK).exists()

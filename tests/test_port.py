@@ -53,7 +53,7 @@ def test_metadata_is_readable_with_plain_safetensors(cli, resnet34_pth: Path, tm
     assert cli("port", "--from", resnet34_pth, "--out", out, "--image-size", "64").exit_code == 0
     with safe_open(str(out), framework="pt") as f:
         meta = f.metadata()
-    assert meta["format_version"] == "1" and meta["arch"] == "resnet34"
+    assert meta["format_version"] == "2" and meta["arch"] == "resnet34" and len(meta["tensors_sha256"]) == 64
     assert meta["stem"] == "imagenet" and meta["num_classes"] == "10"
     assert json.loads(meta["class_names"]) == list(CIFAR10_CLASSES)
     assert json.loads(meta["mean"]) == list(IMAGENET_MEAN) and json.loads(meta["std"]) == list(IMAGENET_STD)

@@ -1,0 +1,263 @@
+"""Checkpoints of a training run: at every instant, one complete and consistent generation on disk.
+
+The unit of a checkpoint is ``last.state.safetensors``: the weights, the optimiser state, the RNG,
+the progress (epoch, step, the unfinished epoch's sums, the best score) and the metrics history of
+every finished epoch, in ONE file written atomically (temporary file, fsync, rename). A kill or a
+full disk at any instant leaves either the previous generation or the new one, never a mixture.
+``last.safetensors``, ``best.safetensors`` and ``metrics.jsonl`` are derived from it, written after
+it, and rewritten from it when the run resumes, so that none of them can disagree with it for long.
+
+Also here: when to checkpoint inside an epoch, and SIGINT/SIGTERM handling (finish the step, save,
+exit 130 / 143). The run folder's lock is :func:`rundir.locked`.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from . import rundir
+from .errors import CheckpointError, TrainingDiverged, TrainingInterrupted
+from .fileio import atomic_write_bytes
+from .weights import WeightsMeta, check_tensors, nonfinite_tensors, read_weights, save_weights, tensor_digest
+
+STATE_FORMAT = "2"  # 2: weights, optimiser, progress and history in one file (1 held no weights)
+_HEADER_KEYS = ("progress", "history", "param_groups", "optim_scalars", "scaler", "weights_meta")
+
+
+@dataclass
+class Progress:
+    """Where a run stands at a checkpoint."""
+
+    epoch: int  # epochs finished
+    step_in_epoch: int  # steps done in the next epoch; 0 at an epoch end
+    global_step: int
+    best_top1: float
+    best_epoch: int
+    partial: dict[str, float] | None = None  # the unfinished epoch's sums over all ranks
+    history: list[dict[str, Any]] = field(default_factory=list)  # metrics rows of the finished epochs
+
+    def where(self) -> str:
+        return f"epoch {self.epoch}" if not self.step_in_epoch else f"epoch {self.epoch + 1}, step {self.step_in_epoch}"
+
+
+@dataclass
+class Generation:
+    """A checkpoint read back: everything an exact resume needs."""
+
+    weights: dict[str, torch.Tensor]
+    meta: WeightsMeta
+    progress: Progress
+    optimizer_tensors: dict[str, torch.Tensor]
+    header: dict[str, Any]
+    rng: torch.Tensor
+
+
+def state_bytes(weights: dict[str, torch.Tensor], meta: WeightsMeta, optimizer: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler | None, progress: Progress) -> bytes:  # fmt: skip
+    """One generation as safetensors bytes, with a digest of every tensor in its header."""
+    opt = optimizer.state_dict()
+    tensors = {f"model.{k}": v for k, v in weights.items()}
+    tensors["rng.torch"] = torch.get_rng_state()
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, entry in opt["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    fields = {**asdict(progress)}
+    history = fields.pop("history")
+    header = {
+        "format_version": STATE_FORMAT,
+        "progress": fields,
+        "history": history,
+        "param_groups": opt["param_groups"],
+        "optim_scalars": scalars,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "weights_meta": meta.to_header(),
+    }
+    text = {k: v if isinstance(v, str) else json.dumps(rundir.strict(v), allow_nan=False) for k, v in header.items()}
+    text["tensors_sha256"] = tensor_digest(tensors)
+    return st_save(tensors, metadata=text)
+
+
+def read_generation(run_dir: Path) -> Generation:
+    """The run's checkpoint, checked: readable, this format, digest right, weights finite."""
+    path = run_dir / rundir.LAST_STATE
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: {run_dir} has no checkpoint to resume from",
+                              "start a new run (a run killed before its first checkpoint has none)")  # fmt: skip
+    try:
+        data = path.read_bytes()
+        tensors = st_load(data)
+        n = int.from_bytes(data[:8], "little")
+        raw = json.loads(data[8 : 8 + n].decode("utf-8")).get("__metadata__") or {}
+    except (SafetensorError, OSError, ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not a readable resume state ({exc})", "start a new run") from None
+    if raw.get("format_version") != STATE_FORMAT:
+        raise CheckpointError(
+            f"{path} has resume-state format {raw.get('format_version')}, this version reads {STATE_FORMAT}",
+            "resume it with the version that made it, or start a new run",
+        )
+    if "tensors_sha256" not in raw or any(k not in raw for k in _HEADER_KEYS):
+        raise CheckpointError(f"{path} is damaged: its header is incomplete", "start a new run")
+    check_tensors(tensors, raw["tensors_sha256"], path)
+    try:
+        header = {k: json.loads(raw[k]) for k in _HEADER_KEYS}
+        progress = Progress(**header["progress"], history=header["history"])
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise CheckpointError(f"{path} is damaged: its header cannot be read ({exc})", "start a new run") from None
+    meta = WeightsMeta.from_header(header["weights_meta"], path)
+    weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    optim = {k: v for k, v in tensors.items() if k.startswith("optim.")}
+    return Generation(weights, meta, progress, optim, header, tensors["rng.torch"])
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, gen: Generation) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in gen.optimizer_tensors.items():
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = value
+    for idx, entry in gen.header["optim_scalars"].items():
+        state.setdefault(int(idx), {}).update(entry)
+    saved = gen.header["param_groups"]
+    current = optimizer.state_dict()["param_groups"]
+    if [len(g["params"]) for g in saved] != [len(g["params"]) for g in current]:
+        raise CheckpointError("the saved optimizer state does not fit this model's trainable parameters")
+    optimizer.load_state_dict({"state": state, "param_groups": saved})
+
+
+def meta_at(template: WeightsMeta, progress: Progress) -> WeightsMeta:
+    return template.model_copy(update={"trained_epochs": progress.epoch, "trained_steps": progress.global_step})
+
+
+class Checkpointer:
+    """Saves generations of one run (rank 0 writes; every rank checks) and names the last good one."""
+
+    def __init__(self, run_dir: Path, template: WeightsMeta, *, write: bool) -> None:
+        self.run_dir, self.template, self.write = run_dir, template, write
+        self.committed: Progress | None = None
+
+    def last_good(self) -> str:
+        if self.committed is None:
+            return "none was saved yet"
+        return f"{self.run_dir / rundir.LAST} ({self.committed.where()})"
+
+    def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+             progress: Progress) -> None:  # fmt: skip
+        """Commit a generation, then derive last, best and metrics.jsonl from it.
+
+        Non-finite weights or optimiser state are never written: the run stops with the last good
+        checkpoint named instead.
+        """
+        weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        bad = nonfinite_tensors(weights) or [
+            f"optimizer state {i}" for i, s in optimizer.state_dict()["state"].items()
+            if nonfinite_tensors({k: v for k, v in s.items() if isinstance(v, torch.Tensor)})
+        ]  # fmt: skip
+        if bad:
+            raise TrainingDiverged(
+                f"the weights became non-finite ({', '.join(bad[:3])}) by {progress.where()}; they were not saved; "
+                f"last good checkpoint: {self.last_good()}",
+                "lower --lr, add --warmup-epochs or --label-smoothing, or turn off --amp fp16",
+            )
+        if self.write:
+            meta = meta_at(self.template, progress)
+            atomic_write_bytes(
+                self.run_dir / rundir.LAST_STATE, state_bytes(weights, meta, optimizer, scaler, progress)
+            )
+            self.committed = progress
+            self._derive(weights, meta, progress)
+        self.committed = progress
+
+    def _derive(self, weights: dict[str, torch.Tensor], meta: WeightsMeta, progress: Progress) -> None:
+        if progress.step_in_epoch == 0 and progress.best_epoch == progress.epoch and progress.epoch > 0:
+            save_weights(self.run_dir / rundir.BEST, weights, meta)
+        save_weights(self.run_dir / rundir.LAST, weights, meta)
+        rundir.write_jsonl(self.run_dir / rundir.METRICS, progress.history)
+
+    def repair(self, gen: Generation) -> list[str]:
+        """After a kill between the commit and the derived files: rewrite whichever is stale."""
+        self.committed = gen.progress
+        if not self.write:
+            return []
+        p, fixed = gen.progress, []
+        if p.step_in_epoch == 0 and p.best_epoch == p.epoch and p.epoch > 0 and not self._holds(rundir.BEST, p):
+            save_weights(self.run_dir / rundir.BEST, gen.weights, meta_at(self.template, p))
+            fixed.append(rundir.BEST)
+        if not self._holds(rundir.LAST, p):
+            save_weights(self.run_dir / rundir.LAST, gen.weights, meta_at(self.template, p))
+            fixed.append(rundir.LAST)
+        rundir.write_jsonl(self.run_dir / rundir.METRICS, p.history)
+        return fixed
+
+    def _holds(self, name: str, progress: Progress) -> bool:
+        try:
+            return read_weights(self.run_dir / name)[1].trained_steps == progress.global_step
+        except CheckpointError:
+            return False
+
+
+class CheckpointClock:
+    """When to save inside an epoch: every N steps, or every M seconds (rank 0's clock decides)."""
+
+    def __init__(self, every_steps: int | None, every_s: float | None, clock: Callable[[], float]) -> None:
+        self.every_steps, self.every_s, self.clock = every_steps, every_s, clock
+        self.reset()
+
+    def reset(self) -> None:
+        self.steps, self.since = 0, self.clock()
+
+    def tick(self) -> bool:
+        self.steps += 1
+        if self.every_steps is not None and self.steps >= self.every_steps:
+            return True
+        return self.every_s is not None and self.clock() - self.since >= self.every_s
+
+
+@dataclass
+class StopRequest:
+    """Set by the first SIGINT or SIGTERM; the loop saves after the current step and stops."""
+
+    signum: int | None = None
+    resume_hint: str = "resume it with cifar-resnet train --resume RUN_DIR"
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
+
+
+@contextmanager
+def stop_on_signals(note: Callable[[str], None]) -> Iterator[StopRequest]:
+    """SIGINT (Ctrl-C) and SIGTERM (batch schedulers, docker stop) ask for a clean stop; a second
+    one stops at once, leaving the last checkpoint as it was."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        if request.signum is not None:
+            raise TrainingInterrupted(f"stopped at once by a second {signal.Signals(signum).name}; the last "
+                                      "checkpoint is intact", request.resume_hint, signum=signum)  # fmt: skip
+        request.signum = signum
+        note(f"{request.name}: saving a resumable state after this step (send it again to stop at once)")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
