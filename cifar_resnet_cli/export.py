@@ -15,13 +15,13 @@ import zipfile
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from torch import Tensor, nn
 
 from . import __version__
 from .devices import device_description, resolve_device
-from .errors import CheckpointError, VerificationError
-from .fileio import sha256_file, temporary_beside
+from .errors import CheckpointError, OutputError, VerificationError
+from .fileio import check_output_dir, output_error, sha256_file, temporary_beside
 from .settings import Settings
 from .weights import WeightsMeta, load_model
 
@@ -181,12 +181,28 @@ def load_archive(
     fields = {k: v for k, v in data.items() if k in WeightsMeta.model_fields}
     if optimize and data.get("export_method") == "frozen":
         module = torch.jit.optimize_for_inference(module)
-    return module, WeightsMeta.model_validate(fields), data
+    try:
+        meta = WeightsMeta.model_validate(fields)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise CheckpointError(f"{path} has invalid metadata: {problems}") from None
+    return module, meta, data
 
 
 def _suffix(method: str, dtype: str, channels_last: bool) -> str:
     parts = [method] + ([dtype] if dtype != "fp32" else []) + (["cl"] if channels_last else [])
     return ".".join(parts)
+
+
+def _save_archive(variant: nn.Module, tmp: str, extra: dict[str, str], target: Path) -> None:
+    """torch.jit.save into the temporary file; its C++ writer reports a full disk as a RuntimeError."""
+    try:
+        torch.jit.save(variant, tmp, _extra_files=extra)
+    except (OSError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OutputError(
+            f"cannot write {target}: {reason}", "check free disk space and that the folder is writable"
+        ) from None
 
 
 def export_model(settings: Settings, path: Path, *, force: bool = False) -> ExportResult:
@@ -201,10 +217,13 @@ def export_model(settings: Settings, path: Path, *, force: bool = False) -> Expo
     if dtype == "fp16" and device.type != "cuda":
         raise VerificationError("fp16 archives are verified on CUDA only", "use --dtype bf16 on the CPU")
     model, meta = load_model(path)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"--out {out_dir} is a file, not a folder", "pass a folder for the archives")
     if not out_dir.is_dir():
         if "out_dir" in e.model_fields_set:
             raise CheckpointError(f"--out directory {out_dir} does not exist", f"create it first (mkdir -p {out_dir})")
         out_dir.mkdir(parents=True)  # the default, ./exports
+    check_output_dir(out_dir, "--out folder")
     model.eval()
     ckpt_sha = sha256_file(path)
     size = meta.image_size
@@ -228,7 +247,7 @@ def export_model(settings: Settings, path: Path, *, force: bool = False) -> Expo
         try:
             extra = {METADATA_FILE: archive_metadata(meta, method=method, dtype=dtype, channels_last=channels_last,
                                                      checkpoint_sha256=ckpt_sha)}  # fmt: skip
-            torch.jit.save(variant, tmp, _extra_files=extra)
+            _save_archive(variant, tmp, extra, target)
             # As a user gets it (plain torch.jit.load), and as our loaders run it (frozen: optimised).
             plain, _, _ = load_archive(Path(tmp), device, optimize=False)
             agreement = compare(plain, reference.to(device), x.to(device), atol)
@@ -242,9 +261,12 @@ def export_model(settings: Settings, path: Path, *, force: bool = False) -> Expo
                     f"{agreement.decisive_images} decisive images (required {min_agreement:.0%}); nothing was written",
                     "loosen --atol/--min-agreement only if the difference is expected (reduced precision)",
                 )
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
+            try:
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, target)
+            except OSError as exc:
+                raise output_error(exc, target) from None
         finally:
             Path(tmp).unlink(missing_ok=True)
         archives.append(ArchiveInfo(
