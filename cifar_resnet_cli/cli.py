@@ -432,7 +432,8 @@ def train_cmd(
     channels_last: Annotated[Optional[bool], _opt("--channels-last/--no-channels-last", "NHWC memory format.")] = None,
     compile: Annotated[Optional[bool], _opt("--compile/--no-compile", "torch.compile the model.")] = None,
     deterministic: Annotated[
-        Optional[bool], _opt("--deterministic/--no-deterministic", "torch.use_deterministic_algorithms.")
+        Optional[bool],
+        _opt("--deterministic/--no-deterministic", "Deterministic kernels only (torch: use_deterministic_algorithms)."),
     ] = None,
     limit_batches: Annotated[Optional[int], _opt("--limit-batches", "At most this many steps per epoch.")] = None,
     cache_features: Annotated[
