@@ -8,7 +8,9 @@ import torch
 from conftest import assert_fp32_close
 
 from cifar_resnet_cli import export as export_module
+from cifar_resnet_cli.augment import preprocess
 from cifar_resnet_cli.bench import BenchResult, benchmark
+from cifar_resnet_cli.datasets import load_cifar
 from cifar_resnet_cli.export import METADATA_FILE, ExportResult, build_variant
 from cifar_resnet_cli.model import resnet34
 from cifar_resnet_cli.settings import load_settings
@@ -94,9 +96,25 @@ def test_eval_of_an_archive_equals_eval_of_its_checkpoint(cli, tmp_path: Path) -
     ckpt = Path(run["run_dir"]) / "best.safetensors"
     exported = cli.json("export", ckpt, "--method", "all", "--out", tmp_path)
     reference = cli.json("eval", ckpt)
+    # trace and script run eager's operations on the same batches: the same predictions, exactly.
+    # frozen folds BatchNorm into the convolutions, which rounds differently (see assert_fp32_close):
+    # only an image whose two best eager logits lie within that tolerance may change its prediction.
+    model, meta = load_model(ckpt)
+    data = load_cifar("synthetic", tmp_path / "cache" / "cifar-resnet" / "data", download=False, val_size=200,
+                      split_seed=0, synthetic_size=600)  # fmt: skip
+    with torch.inference_mode():
+        logits = model.eval()(preprocess(data.test.images, meta.mean, meta.std, meta.image_size))
+    top2 = logits.topk(2, dim=1).values
+    undecided = int(((top2[:, 0] - top2[:, 1]) <= 1e-4 * max(1.0, float(logits.abs().max()))).sum())
     for archive in exported["archives"]:
         result = cli.json("eval", archive["path"])
-        assert result["top1"] == reference["top1"] and result["confusion"] == reference["confusion"]
+        if archive["method"] != "frozen":
+            assert result["top1"] == reference["top1"] and result["confusion"] == reference["confusion"]
+            continue
+        moved = sum(abs(a - b) for ra, rb in zip(result["confusion"], reference["confusion"], strict=True)
+                    for a, b in zip(ra, rb, strict=True))  # fmt: skip
+        assert moved <= 2 * undecided, (moved, undecided)
+        assert abs(result["top1"] - reference["top1"]) * result["images"] <= undecided + 1e-9
 
 
 @pytest.mark.parametrize(
