@@ -4,7 +4,7 @@ The unit of a checkpoint is ``last.state.safetensors``: the weights, the optimis
 the progress (epoch, step, the unfinished epoch's sums, the best score) and the metrics history of
 every finished epoch, in ONE file written atomically (temporary file, fsync, rename). A kill or a
 full disk at any instant leaves either the previous generation or the new one, never a mixture.
-``last.safetensors``, ``best.safetensors`` and ``metrics.jsonl`` are derived from it, written after
+``last.safetensors``, ``best.safetensors`` and ``metrics.jsonl``/``.csv`` are derived from it, written after
 it, and rewritten from it when the run resumes, so that none of them can disagree with it for long.
 
 Also here: when to checkpoint inside an epoch, and SIGINT/SIGTERM handling (finish the step, save,
@@ -186,7 +186,7 @@ class Checkpointer:
         if progress.step_in_epoch == 0 and progress.best_epoch == progress.epoch and progress.epoch > 0:
             save_weights(self.run_dir / rundir.BEST, weights, meta)
         save_weights(self.run_dir / rundir.LAST, weights, meta)
-        rundir.write_jsonl(self.run_dir / rundir.METRICS, progress.history)
+        rundir.write_metrics(self.run_dir, progress.history)
 
     def repair(self, gen: Generation) -> list[str]:
         """After a kill between the commit and the derived files: rewrite whichever is stale."""
@@ -200,7 +200,7 @@ class Checkpointer:
         if not self._holds(rundir.LAST, p):
             save_weights(self.run_dir / rundir.LAST, gen.weights, meta_at(self.template, p))
             fixed.append(rundir.LAST)
-        rundir.write_jsonl(self.run_dir / rundir.METRICS, p.history)
+        rundir.write_metrics(self.run_dir, p.history)
         return fixed
 
     def _holds(self, name: str, progress: Progress) -> bool:

@@ -450,6 +450,14 @@ def train_cmd(
     dist_timeout: Annotated[
         Optional[float], _opt("--dist-timeout", "torchrun: seconds before a stuck rank fails. (default: 600)")
     ] = None,
+    log_interval: Annotated[
+        Optional[int],
+        _opt(
+            "--log-interval",
+            "When stderr is not a terminal (a log file, a batch job): a plain progress line every N steps; "
+            "0 = epoch lines only. (default: 50)",
+        ),
+    ] = None,
     checkpoint_every: Annotated[
         Optional[str],
         _opt(
@@ -534,6 +542,7 @@ def train_cmd(
         "train.seed": seed,
         "train.sync_bn": sync_bn,
         "train.dist_timeout": dist_timeout,
+        "train.log_interval": log_interval,
         "train.checkpoint_every": checkpoint_every,
         "train.runs_dir": runs_dir,
         "train.name": name,
@@ -541,7 +550,12 @@ def train_cmd(
     }
     progress = report.TrainProgressBar()  # stderr, so it never mixes with --json on stdout
     factory = (lambda o: settings_for_resume(resume, o)) if resume is not None else None
-    result = _run(ctx, flags, lambda s: train(s, progress, resume=resume), settings_factory=factory)
+
+    def run(settings):
+        progress.log_interval = settings.train.log_interval
+        return train(settings, progress, resume=resume)
+
+    result = _run(ctx, flags, run, settings_factory=factory)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 alone reports
     report.print_warnings(result.warnings)

@@ -181,9 +181,11 @@ def _pct(x: float | None) -> str:
 
 
 class TrainProgressBar:
-    """Rich progress on stderr: one bar per epoch (loss, top-1, lr, images/s, ETA), a line per epoch."""
+    """Training progress on stderr: on a terminal, one Rich bar per epoch (loss, top-1, lr, images/s,
+    ETA); in a log file or batch job, a plain line every ``log_interval`` steps (timm's convention)
+    and never a control code. A line per epoch in both."""
 
-    def __init__(self) -> None:
+    def __init__(self, log_interval: int = 50) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._progress = Progress(
@@ -195,10 +197,12 @@ class TrainProgressBar:
             TimeRemainingColumn(),
             console=err,
             transient=True,
+            disable=not err.is_terminal,
         )  # fmt: skip
         self._task = None
         self._label = ""
         self._epochs = 0
+        self.log_interval = log_interval
 
     def start(self, *, run_dir: str, epochs: int, first_epoch: int, steps: int) -> None:
         self._epochs = epochs
@@ -209,6 +213,11 @@ class TrainProgressBar:
 
     def step(self, *, epoch: int, step: int, steps: int, loss: float, top1: float, lr: float, ips: float) -> None:
         label = f"{epoch}/{self._epochs}"
+        if not err.is_terminal:
+            if self.log_interval and (step % self.log_interval == 0 or step == steps):
+                err.print(f"epoch {label} step {step}/{steps} loss {loss:.4f} top-1 {top1:.2%} lr {lr:.3e} "
+                          f"{ips:.0f} img/s", highlight=False, markup=False)  # fmt: skip
+            return
         if self._task is None or self._label != label:
             if self._task is not None:
                 self._progress.remove_task(self._task)

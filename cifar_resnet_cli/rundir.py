@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import errno
 import fcntl
+import io
 import json
 import math
 import os
@@ -17,6 +19,7 @@ from .fileio import atomic_write_bytes, check_output_dir, output_error
 
 SETTINGS = "settings.json"
 METRICS = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
 LAST = "last.safetensors"
 LAST_STATE = "last.state.safetensors"
 BEST = "best.safetensors"
@@ -67,6 +70,19 @@ def write_json(path: Path, obj: Any) -> None:
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write_bytes(path, "".join(json.dumps(strict(r), allow_nan=False) + "\n" for r in rows).encode())
+
+
+def write_metrics(run_dir: Path, rows: list[dict]) -> None:
+    """The per-epoch history as ``metrics.jsonl`` (one JSON object a line) and ``metrics.csv`` (one
+    header row, one row an epoch; an empty cell for a missing value), both rewritten whole."""
+    write_jsonl(run_dir / METRICS, rows)
+    if not rows:
+        return
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(strict(rows))
+    atomic_write_bytes(run_dir / METRICS_CSV, buf.getvalue().encode())
 
 
 def read_json(path: Path) -> Any:

@@ -50,7 +50,7 @@ from .weights import WeightsMeta, load_model, model_from_tensors
 __all__ = ["TrainResult", "TrainingDiverged", "TrainingInterrupted", "train"]
 
 # Settings that may change when a run is resumed (they do not change the result); others are refused.
-RESUMABLE_CHANGES = {("train", "epochs"), ("device",), ("train", "checkpoint_every")}
+RESUMABLE_CHANGES = {("train", "epochs"), ("device",), ("train", "checkpoint_every"), ("train", "log_interval")}
 
 
 class EpochMetrics(BaseModel):
@@ -287,7 +287,8 @@ def settings_for_resume(run_dir: Path, overrides: dict[str, Any]) -> Settings:
         what = "; ".join(f"{'.'.join(k)}: {a!r} -> {b!r}" for k, a, b in refused)
         raise ConfigError(
             f"cannot resume {run_dir} with different settings ({what})",
-            "resume may only change --epochs, --device and --checkpoint-every; start a new run for anything else",
+            "resume may only change --epochs, --device, --checkpoint-every and --log-interval; start a new run "
+            "for anything else",
         )
     return settings
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import signal
@@ -42,8 +43,8 @@ def test_short_fine_tune_learns_synthetic(cli, tmp_path: Path) -> None:
     run = Path(r.run_dir)
     assert run == Path("runs/train")
     assert {p.name for p in run.iterdir()} == {
-        "settings.json", "metrics.jsonl", "last.safetensors", "last.state.safetensors", "best.safetensors",
-        "summary.json", "curves.png",
+        "settings.json", "metrics.jsonl", "metrics.csv", "last.safetensors", "last.state.safetensors",
+        "best.safetensors", "summary.json", "curves.png",
     }  # fmt: skip
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
@@ -51,6 +52,21 @@ def test_short_fine_tune_learns_synthetic(cli, tmp_path: Path) -> None:
     assert TrainResult.model_validate_json((run / "summary.json").read_text()).test_top1 == r.test_top1
     _, meta = load_model(run / "best.safetensors")
     assert meta.trained_epochs == r.best_epoch and meta.dataset == "synthetic" and meta.val_size == 500
+
+
+def test_without_a_terminal_progress_is_plain_lines_and_metrics_csv_equals_jsonl(cli) -> None:
+    r = cli("train", *TINY, "--limit-batches", "4", "--log-interval", "3")
+    assert r.exit_code == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if " step " in line]
+    assert [line.split(" loss ")[0] for line in lines] == [
+        "epoch 1/2 step 3/4", "epoch 1/2 step 4/4", "epoch 2/2 step 3/4", "epoch 2/2 step 4/4"]  # fmt: skip
+    assert all(" top-1 " in line and " lr " in line and line.endswith(" img/s") for line in lines)
+    assert "\x1b" not in r.stderr  # no control codes in a log file
+    rows = [json.loads(x) for x in Path("runs/train/metrics.jsonl").read_text().splitlines()]
+    with open("runs/train/metrics.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows) == 2 and list(table[0]) == list(rows[0])
+    assert table == [{k: "" if v is None else str(v) for k, v in row.items()} for row in rows]
 
 
 def test_eval_equals_an_independent_computation(cli, tmp_path: Path) -> None:
