@@ -663,7 +663,9 @@ def export_cmd(
     channels_last: Annotated[
         Optional[bool], _opt("--channels-last/--no-channels-last", "NHWC inside the archive. (default: off)")
     ] = None,
-    out: Annotated[Optional[Path], _opt("--out", "Directory for the archives. (default: exports)")] = None,
+    out: Annotated[
+        Optional[Path], _opt("--out", "Folder for the archives, made when missing. (default: exports)")
+    ] = None,
     example_batch: Annotated[Optional[int], _opt("--example-batch", "Tracing example batch size. (default: 2)")] = None,
     verify_batch: Annotated[
         Optional[int], _opt("--verify-batch", "Verification batch size, not the example's. (default: 5)")

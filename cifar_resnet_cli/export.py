@@ -219,10 +219,10 @@ def export_model(settings: Settings, path: Path, *, force: bool = False) -> Expo
     model, meta = load_model(path)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"--out {out_dir} is a file, not a folder", "pass a folder for the archives")
-    if not out_dir.is_dir():
-        if "out_dir" in e.model_fields_set:
-            raise CheckpointError(f"--out directory {out_dir} does not exist", f"create it first (mkdir -p {out_dir})")
-        out_dir.mkdir(parents=True)  # the default, ./exports
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(exc, out_dir, "create --out folder") from None
     check_output_dir(out_dir, "--out folder")
     model.eval()
     ckpt_sha = sha256_file(path)

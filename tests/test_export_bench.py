@@ -37,8 +37,7 @@ def test_variants_of_both_stems_match_eager(stem: str, method: str) -> None:
 
 
 def test_export_writes_verified_archives_with_metadata(cli, checkpoint: Path, tmp_path: Path) -> None:
-    out = tmp_path / "exports"
-    out.mkdir()
+    out = tmp_path / "exports" / "v1"  # made when missing
     result = ExportResult.model_validate(cli.json("export", checkpoint, "--method", "all", "--out", out))
     assert [a.method for a in result.archives] == ["trace", "script", "frozen"]
     assert all(a.agreement.top1_agreement == 1.0 and a.agreement.images == 5 for a in result.archives)
@@ -127,7 +126,7 @@ def test_eval_of_an_archive_equals_eval_of_its_checkpoint(cli, tmp_path: Path) -
         (["bench", "--device", "cuda"], 1, "CUDA is not available"),
         (["export", "notes.safetensors"], 1, "not a readable safetensors file"),
         (["export", "w.safetensors", "--example-batch", "5"], 1, "must differ"),
-        (["export", "w.safetensors", "--out", "nowhere"], 1, "does not exist"),
+        (["export", "w.safetensors", "--out", "w.safetensors"], 1, "is a file, not a folder"),
     ],
 )
 def test_bad_input(cli, checkpoint: Path, args: list[str], code: int, message: str) -> None:
