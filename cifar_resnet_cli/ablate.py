@@ -79,7 +79,7 @@ def ablate(settings: Settings, path: Path, *, limit: int | None = None, plot: Pa
     device = resolve_device(settings.device)
     model, meta = load_model(path)
     check_classes(meta, dataset_for(settings, meta), path)
-    data = load_data_for(settings, meta)
+    data = load_data_for(settings, meta, path)
     split: ImageSet = data.test if settings.eval.split == "test" else data.val
     if limit is not None:
         split = ImageSet(split.images[:limit], split.labels[:limit])

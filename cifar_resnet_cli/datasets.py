@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import io
+import json
 import os
 import pickle
 from dataclasses import dataclass
@@ -318,17 +319,35 @@ def dataset_for(settings: Settings, meta: WeightsMeta | None) -> str:
     return settings.data.dataset if "dataset" in chosen or meta is None else meta.dataset
 
 
-def load_data_for(settings: Settings, meta: WeightsMeta | None = None) -> CifarData:
-    """The dataset a command works on; for a checkpoint, its own dataset and split unless the user set one."""
+def run_data_settings(checkpoint: Path | None) -> dict:
+    """The ``data`` section of the run folder a checkpoint sits in (``settings.json`` beside it), or {}."""
+    saved = checkpoint.parent / "settings.json" if checkpoint is not None else None
+    if saved is None or not saved.is_file():
+        return {}
+    try:
+        data = json.loads(saved.read_text(encoding="utf-8")).get("data")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def load_data_for(settings: Settings, meta: WeightsMeta | None = None, checkpoint: Path | None = None) -> CifarData:
+    """The dataset a command works on; for a checkpoint, its own dataset and split unless the user set
+    one, and for a checkpoint inside a run folder, that run's data folder and download choice too."""
     d = settings.data
     chosen = d.model_fields_set
+    run = run_data_settings(checkpoint)
 
     def from_meta(field: str) -> int:
         value = getattr(meta, field) if meta is not None else None
         return value if value is not None and field not in chosen else getattr(d, field)
 
+    data_dir = d.data_dir
+    if "data_dir" not in chosen and run.get("data_dir"):
+        data_dir = Path(run["data_dir"])
+    download = d.download if "download" in chosen or "download" not in run else bool(run["download"])
     return load_cifar(
-        dataset_for(settings, meta), d.data_dir or default_data_dir(), download=d.download,
+        dataset_for(settings, meta), data_dir or default_data_dir(), download=download,
         val_size=from_meta("val_size"), split_seed=from_meta("split_seed"),
         num_classes=meta.num_classes if meta is not None else settings.num_classes,
         synthetic_size=from_meta("synthetic_size"),

@@ -165,7 +165,7 @@ def evaluate_checkpoint(
     else:
         model, meta = load_model(path)
     check_classes(meta, dataset_for(settings, meta), path)
-    data = load_data_for(settings, meta)
+    data = load_data_for(settings, meta, path)
     split = data.test if settings.eval.split == "test" else data.val
     if len(split) == 0:
         raise CheckpointError(f"the {settings.eval.split} split of {data.name} is empty", "use --split test")

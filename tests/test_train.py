@@ -69,6 +69,19 @@ def test_without_a_terminal_progress_is_plain_lines_and_metrics_csv_equals_jsonl
     assert table == [{k: "" if v is None else str(v) for k, v in row.items()} for row in rows]
 
 
+def test_eval_and_ablate_of_a_run_checkpoint_use_the_runs_data_folder(cli, tmp_path: Path) -> None:
+    data_dir = tmp_path / "elsewhere"
+    assert cli("train", *TINY, "--epochs", "1", "--limit-batches", "1", "--data-dir", data_dir).exit_code == 0
+    default = tmp_path / "cache" / "cifar-resnet" / "data"
+    assert data_dir.is_dir() and not default.exists()
+    r = cli.json("eval", "runs/train/best.safetensors")
+    assert r["images"] == 120 and not default.exists()  # read from the run's --data-dir
+    r = cli("ablate", "runs/train/best.safetensors", "--limit", "10")
+    assert r.exit_code == 0 and not default.exists()
+    r = cli("eval", "runs/train/best.safetensors", "--data-dir", tmp_path / "other", "--no-download", "--json")
+    assert r.exit_code == 0 and (tmp_path / "other").is_dir()  # a flag still wins (synthetic is generated)
+
+
 def test_eval_equals_an_independent_computation(cli, tmp_path: Path) -> None:
     r = cli.json("train", *TINY, "--epochs", "1")
     ckpt = Path(r["run_dir"]) / "best.safetensors"
