@@ -83,6 +83,12 @@ ImageSizeOpt = Annotated[
     Optional[int], typer.Option("--image-size", help="Input size in pixels, 16-512. (default: 32)")
 ]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for every random draw. (default: 0)")]
+# Accepted before the command (cifar-resnet --config F train) and after it (cifar-resnet train --config F).
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option("--config", help="TOML settings file. (default: ./cifar-resnet.toml when it exists)"),
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of known errors (or CIFAR_RESNET_DEBUG=1).")]
 
 
 @dataclass
@@ -100,13 +106,8 @@ def _version(value: bool) -> None:
 @app.callback()
 def main_callback(
     ctx: typer.Context,
-    config: Annotated[
-        Optional[Path],
-        typer.Option("--config", help="TOML settings file. (default: ./cifar-resnet.toml when it exists)"),
-    ] = None,
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show tracebacks of known errors (or CIFAR_RESNET_DEBUG=1).")
-    ] = False,
+    config: ConfigOpt = None,
+    debug: DebugOpt = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -119,6 +120,12 @@ def main_callback(
     """
     env_debug = os.environ.get("CIFAR_RESNET_DEBUG", "").lower() in ("1", "true", "yes")
     ctx.obj = State(config=config, debug=debug or env_debug)
+
+
+def _state(ctx: typer.Context) -> State:
+    """--config and --debug, given before the command or after it (after wins for --config)."""
+    state: State = ctx.obj
+    return State(config=ctx.params.get("config") or state.config, debug=bool(ctx.params.get("debug")) or state.debug)
 
 
 def _overrides(flags: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +154,7 @@ def _run(
     """Resolve the settings and call ``core``; known errors become one line and exit 1."""
     from .settings import InvalidSettingError, load_settings
 
-    state: State = ctx.obj
+    state: State = _state(ctx)
     try:
         overrides = _overrides(flags)
         settings = settings_factory(overrides) if settings_factory else load_settings(state.config, overrides)
@@ -170,7 +177,7 @@ def _run(
 def _fail(ctx: typer.Context, exc: CifarResnetError) -> None:
     from . import report
 
-    report.print_error(exc, debug=ctx.obj.debug)
+    report.print_error(exc, debug=_state(ctx).debug)
     raise typer.Exit(exc.exit_code)
 
 
@@ -197,6 +204,8 @@ def inspect_cmd(
     ] = TensorListing.diff,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    debug: DebugOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Print the layer table of our ResNet34 and prove it matches torchvision's.
@@ -276,6 +285,8 @@ def port_cmd(
     ] = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    debug: DebugOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Port ImageNet-pretrained torchvision ResNet34 weights to a verified .safetensors file.
@@ -473,6 +484,8 @@ def train_cmd(
         _opt("--resume", "Continue RUN_DIR exactly where it stopped (only --epochs and --device may change)."),
     ] = None,
     device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    debug: DebugOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Train the ResNet34 on CIFAR: feature extraction (--freeze-backbone) or fine-tuning.
@@ -584,6 +597,8 @@ def eval_cmd(
         Optional[Path], _opt("--confusion-plot", "Draw the confusion matrix into this PNG (needs matplotlib).")
     ] = None,
     device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    debug: DebugOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Measure a checkpoint: top-1, top-5, loss, per-class accuracy, confusion matrix.
@@ -683,6 +698,8 @@ def export_cmd(
     ] = None,
     force: Annotated[bool, _opt("--force", "Overwrite existing archives.")] = False,
     device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    debug: DebugOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Write TorchScript archives (trace, script, frozen) and verify each against eager PyTorch.
@@ -750,6 +767,8 @@ def bench_cmd(
     iters: Annotated[Optional[int], _opt("--iters", "Timed calls per variant. (default: 50)")] = None,
     csv: Annotated[Optional[Path], _opt("--csv", "Also write every timing to this CSV file.")] = None,
     device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    debug: DebugOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Time eager, traced, scripted, frozen and compiled variants side by side.
@@ -809,6 +828,8 @@ def predict_cmd(
     batch_size: Annotated[int, _opt("--batch-size", "Images per forward pass.", min=1)] = 64,
     csv: Annotated[Optional[Path], _opt("--csv", "Also write the predictions to this CSV file.")] = None,
     device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    debug: DebugOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Classify your own images (PNG, JPEG, BMP, WebP, anything Pillow reads).
@@ -859,6 +880,8 @@ def ablate_cmd(
     download: DownloadOpt = None,
     batch_size: Annotated[Optional[int], _opt("--batch-size", "Images per batch. (default: 512)")] = None,
     device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    debug: DebugOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Remove each residual block's branch (then each stage's) and measure what top-1 loses.
@@ -901,6 +924,8 @@ def compare_cmd(
     plot: Annotated[
         Optional[Path], _opt("--plot", "Learning curves of every run in one PNG (needs matplotlib).")
     ] = None,
+    config: ConfigOpt = None,
+    debug: DebugOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Compare run directories: the settings that differ, best validation and test top-1, time, speed.

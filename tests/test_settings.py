@@ -46,6 +46,17 @@ def test_precedence_through_the_cli(cli, tmp_path: Path) -> None:
     assert (r["image_size"], r["stem"]) == (40, "imagenet")
 
 
+def test_config_and_debug_after_the_command(cli, tmp_path: Path) -> None:
+    config = _toml(tmp_path / "c.toml", "[model]\nimage_size = 64\n")
+    other = _toml(tmp_path / "d.toml", "[model]\nimage_size = 48\n")
+    assert cli.json("inspect", "--depth", "1", "--config", config)["image_size"] == 64
+    assert cli.json("--config", other, "inspect", "--depth", "1", "--config", config)["image_size"] == 64
+    r = cli("eval", "missing.safetensors", "--debug")
+    assert r.exit_code == 1 and "Traceback" in r.stderr and "does not exist" in r.err
+    r = cli("eval", "missing.safetensors")
+    assert r.exit_code == 1 and "Traceback" not in r.stderr
+
+
 def test_local_cifar_resnet_toml_is_read(tmp_path: Path) -> None:
     _toml(tmp_path / "cifar-resnet.toml", '[data]\ndataset = "cifar100"\n')  # tests run in tmp_path
     assert load_settings().num_classes == 100
