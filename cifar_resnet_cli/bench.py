@@ -58,6 +58,21 @@ class Timing(BaseModel):
     error: str | None = None
 
 
+class FastestVariant(BaseModel):
+    """The fastest variant whose output agrees with eager fp32, at one batch size."""
+
+    batch_size: int
+    variant: str
+    dtype: str
+    layout: str
+    median_s: float
+    images_per_s: float
+    speedup: float  # over eager fp32 at the same batch size
+
+    def describe(self) -> str:
+        return f"{self.variant} {self.dtype} {self.layout} ({self.speedup:.2f}x eager fp32)"
+
+
 class Environment(BaseModel):
     torch: str
     device: str
@@ -73,7 +88,7 @@ class BenchResult(BaseModel):
     random_init: bool
     environment: Environment
     timings: list[Timing]
-    fastest_correct: dict[str, str]
+    fastest_correct: dict[str, FastestVariant]  # keyed by batch size
     source_reference: dict[str, float]
     csv: str | None
     warnings: list[str]
@@ -200,10 +215,13 @@ def benchmark(settings: Settings, path: Path | None = None, *, csv_path: Path | 
     timings.sort(key=lambda t: b.batch_sizes.index(t.batch_size))  # stable: variant order kept per batch
     fastest = {}
     for batch in b.batch_sizes:
-        ok = [t for t in timings if t.batch_size == batch and t.correct and t.median_s]
+        ok = [t for t in timings if t.batch_size == batch and t.correct and t.median_s and t.speedup]
         if ok:
             best = min(ok, key=lambda t: t.median_s or 0)
-            fastest[str(batch)] = f"{best.variant} {best.dtype} {best.layout} ({best.speedup:.2f}x eager fp32)"
+            fastest[str(batch)] = FastestVariant(
+                batch_size=batch, variant=best.variant, dtype=best.dtype, layout=best.layout,
+                median_s=best.median_s or 0.0, images_per_s=best.images_per_s or 0.0, speedup=best.speedup or 0.0,
+            )  # fmt: skip
     env = Environment(torch=torch.__version__, device=device_description(device), threads=torch.get_num_threads(),
                       cpu=cpu_name(), python=platform.python_version(), warmup=b.warmup, iters=b.iters)  # fmt: skip
     if csv_path is not None:

@@ -783,7 +783,7 @@ def bench_cmd(
 
       cifar-resnet bench runs/train/best.safetensors --batch-sizes 1,64 --csv bench.csv
 
-      cifar-resnet bench --device cuda --dtypes fp32,fp16 --json | jq .fastest_correct
+      cifar-resnet bench --device cuda --dtypes fp32,fp16 --json | jq '.fastest_correct["1"].variant'
     """
     from . import report
     from .bench import benchmark
@@ -862,8 +862,9 @@ def predict_cmd(
     else:
         report.render_predict(result)
     if result.failed:
+        where = 'each failed file\'s "error" field in the JSON' if json else "the error column"
         _fail(ctx, CifarResnetError(f"{result.failed} of {len(result.predictions)} files could not be classified",
-                                    "see the error column"))  # fmt: skip
+                                    f"see {where}"))  # fmt: skip
 
 
 @app.command("ablate")

@@ -352,7 +352,8 @@ def render_bench(result) -> None:
             )  # fmt: skip
         out.print(table)
         if str(batch) in result.fastest_correct:
-            out.print(f"fastest correct at batch {batch}: {result.fastest_correct[str(batch)]}", highlight=False)
+            out.print(f"fastest correct at batch {batch}: {result.fastest_correct[str(batch)].describe()}",
+                      highlight=False)  # fmt: skip
     ref = ", ".join(f"{k} {v:.4f} s" for k, v in result.source_reference.items())
     out.print(f"Source project's Average Inference Time (seconds), its own machine: {ref} "
               "(traced 1.32x, scripted 1.22x).", highlight=False)  # fmt: skip

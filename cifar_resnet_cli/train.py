@@ -70,6 +70,8 @@ class EpochMetrics(BaseModel):
 
 class TrainResult(BaseModel):
     run_dir: str
+    best_checkpoint: str  # selected on the validation split: what to eval, export and ship
+    last_checkpoint: str
     dataset: str
     synthetic: bool
     init: str
@@ -728,7 +730,8 @@ def _finish(loop: _Loop, started: float, resumed_from: int | None, warnings: lis
     history = loop.history
     trained_images = sum(h.images_per_s * h.epoch_time_s for h in history[(resumed_from or 0) :])
     result = TrainResult(
-        run_dir=str(run_dir), dataset=data.name, synthetic=data.synthetic, init=loop.template.source,
+        run_dir=str(run_dir), best_checkpoint=str(run_dir / rundir.BEST), last_checkpoint=str(run_dir / rundir.LAST),
+        dataset=data.name, synthetic=data.synthetic, init=loop.template.source,
         pretrained=loop.template.pretrained, mode="feature extraction" if t.freeze_backbone else "fine-tuning",
         feature_cache=loop.cached, feature_cache_note=cache_note, epochs=t.epochs, steps_per_epoch=loop.steps,
         train_images=len(data.train), val_images=len(data.val), test_images=len(data.test),

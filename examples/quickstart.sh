@@ -15,4 +15,4 @@ echo "test top-1 of $run/best.safetensors: $top1"
 archive=$("$CR" export "$run/best.safetensors" --method trace --out "$OUT" --force --json | json_get archives.0.path)
 echo "exported $archive"
 "$CR" bench "$run/best.safetensors" --variants "${BENCH_VARIANTS:-eager,trace,script,frozen}" --batch-sizes 1 --iters "${BENCH_ITERS:-20}" \
-    --json | json_get fastest_correct.1
+    --json | json_get fastest_correct.1.variant

@@ -15,4 +15,4 @@ echo "fine-tuning: test top-1 $("$CR" eval "$tuned/best.safetensors" "${DATA[@]}
 "$CR" export "$tuned/best.safetensors" --method frozen --out "$OUT" --force --json | json_get archives.0.path
 "$CR" compare "$frozen" "$tuned"
 "$CR" bench "$tuned/best.safetensors" --variants "${BENCH_VARIANTS:-eager,trace,script,frozen}" --batch-sizes 1 \
-    --iters "${BENCH_ITERS:-20}" --json | json_get fastest_correct.1
+    --iters "${BENCH_ITERS:-20}" --json | json_get fastest_correct.1.variant

@@ -42,6 +42,7 @@ def test_short_fine_tune_learns_synthetic(cli, tmp_path: Path) -> None:
     assert r.test_top1 >= 0.85 and r.synthetic and r.mode == "fine-tuning"
     run = Path(r.run_dir)
     assert run == Path("runs/train")
+    assert (r.best_checkpoint, r.last_checkpoint) == ("runs/train/best.safetensors", "runs/train/last.safetensors")
     assert {p.name for p in run.iterdir()} == {
         "settings.json", "metrics.jsonl", "metrics.csv", "last.safetensors", "last.state.safetensors",
         "best.safetensors", "summary.json", "curves.png",
