@@ -282,7 +282,7 @@ def render_eval(result) -> None:
     out.print(per)
     summary = Table(show_header=False)
     summary.add_column("what")
-    summary.add_column("value")
+    summary.add_column("value", overflow="fold")  # paths fold at 80 columns instead of ending in an ellipsis
     summary.add_row("top-1", _pct(result.top1))
     summary.add_row("top-5", _pct(result.top5))
     summary.add_row("loss", f"{result.loss:.4f}")
@@ -290,6 +290,8 @@ def render_eval(result) -> None:
     summary.add_row("speed", f"{result.images_per_s:.0f} images/s, {result.time_s:.2f} s ({result.device})")
     if result.confusion_csv:
         summary.add_row("confusion matrix", result.confusion_csv)
+    if result.confusion_plot:
+        summary.add_row("confusion plot", result.confusion_plot)
     out.print(summary)
 
 
@@ -438,7 +440,7 @@ def render_compare(result) -> None:
     table.add_column("run", overflow="fold")
     for key in result.differing:
         table.add_column(key.split(".", 1)[-1])
-    for col in ("best val top-1", "test top-1", "epochs", "time", "img/s"):
+    for col in ("best val top-1", "test top-1", "epochs done", "time", "img/s"):
         table.add_column(col, justify="right")
     for r in result.rows:
         table.add_row(

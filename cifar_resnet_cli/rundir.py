@@ -29,7 +29,8 @@ LOCK = ".lock"
 
 
 def create_run_dir(root: Path, name: str) -> Path:
-    """Make ``root/name``, or ``name2``, ``name3``, ... if it exists (never reuses a directory)."""
+    """Make ``root/name``, or ``name2``, ``name3``, ... if it exists (``exp1-2`` for a name ending in a
+    digit, so that it cannot be mistaken for ``exp12``); never reuses a directory."""
     if not name or "/" in name or name in (".", ".."):
         raise CifarResnetError(f"invalid run name {name!r}", "use a plain name such as cifar10-frozen")
     if root.exists() and not root.is_dir():
@@ -41,8 +42,9 @@ def create_run_dir(root: Path, name: str) -> Path:
             f"cannot create --runs-dir {root} ({exc.strerror or exc})", "pass a writable --runs-dir"
         ) from None
     check_output_dir(root, "--runs-dir")
+    sep = "-" if name[-1].isdigit() else ""  # exp1, exp1-2 (not exp12); train, train2
     for i in range(1, 10_000):
-        path = root / (name if i == 1 else f"{name}{i}")
+        path = root / (name if i == 1 else f"{name}{sep}{i}")
         try:
             path.mkdir()
             return path

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import squash
 
 from cifar_resnet_cli.ablate import AblateResult, ShortcutOnly, without_branches
 from cifar_resnet_cli.compare import CompareResult
@@ -69,6 +70,8 @@ def test_train_draws_curves_and_eval_the_confusion_matrix(cli, run: Path, tmp_pa
     assert (run / "curves.png").read_bytes().startswith(PNG)
     r = cli.json("eval", run / "best.safetensors", "--confusion-plot", tmp_path / "m.png")
     assert r["confusion_plot"] == str(tmp_path / "m.png") and (tmp_path / "m.png").read_bytes().startswith(PNG)
+    table = cli("eval", run / "best.safetensors", "--confusion-plot", tmp_path / "n.png")
+    assert "confusion plot" in table.stdout and "n.png" in squash(table.stdout).replace(" ", "")  # says where
 
 
 def test_without_matplotlib_commands_work_and_say_how(cli, run: Path, tmp_path: Path, monkeypatch) -> None:

@@ -257,9 +257,9 @@ def test_checkpoint_of_the_wrong_class_count(cli, tmp_path: Path) -> None:
 
 
 def test_run_directories_are_numbered(cli) -> None:
-    for _ in range(2):
-        assert cli("train", *TINY, "--epochs", "1", "--limit-batches", "1", "--name", "exp").exit_code == 0
-    assert sorted(p.name for p in Path("runs").iterdir()) == ["exp", "exp2"]
+    for name in ("exp", "exp", "exp1", "exp1"):
+        assert cli("train", *TINY, "--epochs", "1", "--limit-batches", "1", "--name", name).exit_code == 0
+    assert sorted(p.name for p in Path("runs").iterdir()) == ["exp", "exp1", "exp1-2", "exp2"]
 
 
 def test_lr_schedules() -> None:
