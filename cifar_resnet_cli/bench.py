@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from .devices import device_description, resolve_device
 from .errors import CifarResnetError
-from .export import DTYPES, Deployed, build_variant, compare, tolerances
+from .export import DTYPES, Deployed, build_variant, compare, is_archive, load_archive, tolerances
 from .fileio import atomic_write_bytes, check_writable
 from .model import resnet34
 from .settings import Settings
@@ -156,6 +156,8 @@ def benchmark(settings: Settings, path: Path | None = None, *, csv_path: Path | 
     if csv_path is not None:
         check_writable(csv_path, force=True, what="--csv file")
     warnings: list[str] = []
+    if path is not None and is_archive(path):
+        return _benchmark_archive(settings, path, device, csv_path)
     if path is not None:
         model, meta = load_model(path)
         size = settings.model.image_size if "image_size" in settings.model.model_fields_set else meta.image_size
@@ -222,16 +224,57 @@ def benchmark(settings: Settings, path: Path | None = None, *, csv_path: Path | 
                 batch_size=batch, variant=best.variant, dtype=best.dtype, layout=best.layout,
                 median_s=best.median_s or 0.0, images_per_s=best.images_per_s or 0.0, speedup=best.speedup or 0.0,
             )  # fmt: skip
-    env = Environment(torch=torch.__version__, device=device_description(device), threads=torch.get_num_threads(),
-                      cpu=cpu_name(), python=platform.python_version(), warmup=b.warmup, iters=b.iters)  # fmt: skip
+    env = _environment(settings, device)
     if csv_path is not None:
-        buf = io.StringIO()
-        fields = list(Timing.model_fields)
-        writer = csv.DictWriter(buf, fieldnames=fields)
-        writer.writeheader()
-        for t in timings:
-            writer.writerow(t.model_dump())
-        atomic_write_bytes(csv_path, buf.getvalue().encode())
+        _write_csv(csv_path, timings)
     return BenchResult(checkpoint=str(path) if path else None, random_init=path is None, environment=env,
                        timings=timings, fastest_correct=fastest, source_reference=SOURCE_TABLE,
                        csv=str(csv_path) if csv_path else None, warnings=warnings)  # fmt: skip
+
+
+def _write_csv(path: Path, timings: list[Timing]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(Timing.model_fields))
+    writer.writeheader()
+    for t in timings:
+        writer.writerow(t.model_dump())
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _environment(settings: Settings, device: torch.device) -> Environment:
+    b = settings.bench
+    return Environment(torch=torch.__version__, device=device_description(device), threads=torch.get_num_threads(),
+                       cpu=cpu_name(), python=platform.python_version(), warmup=b.warmup, iters=b.iters)  # fmt: skip
+
+
+def _benchmark_archive(settings: Settings, path: Path, device: torch.device, csv_path: Path | None) -> BenchResult:
+    """Time an archive from ``export`` as it will be shipped: exactly that file, loaded as our loaders
+    load it, at every batch size. It carries no eager model, so there is nothing to compare it with."""
+    b = settings.bench
+    module, meta, extra = load_archive(path, device)
+    size = settings.model.image_size if "image_size" in settings.model.model_fields_set else meta.image_size
+    gen = torch.Generator().manual_seed(settings.train.seed)
+    layout = "nhwc" if extra.get("export_channels_last") else "nchw"
+    timings = []
+    for batch in b.batch_sizes:
+        x = torch.randn(batch, 3, size, size, generator=gen).to(device)
+        row = Timing(variant=f"archive ({extra.get('export_method', '?')})", dtype=extra.get("export_dtype", "?"),
+                     layout=layout, batch_size=batch, image_size=size, device=device_description(device))  # fmt: skip
+        try:
+            cold, times = time_variant(module, x, device, warmup=b.warmup, iters=b.iters)
+        except Exception as exc:  # reported in its row, like a variant that cannot run here
+            row.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+            timings.append(row)
+            continue
+        med = statistics.median(times)
+        row.cold_start_s, row.median_s, row.mean_s = cold, med, statistics.fmean(times)
+        row.p90_s, row.p25_s, row.p75_s = _quantile(times, 0.9), _quantile(times, 0.25), _quantile(times, 0.75)
+        row.iters, row.images_per_s = len(times), batch / med
+        timings.append(row)
+    if csv_path is not None:
+        _write_csv(csv_path, timings)
+    warning = (f"{path} is an archive: it is timed alone (no eager model inside it to compare with); bench the "
+               "checkpoint it was exported from for speed-ups and agreement")  # fmt: skip
+    return BenchResult(checkpoint=str(path), random_init=False, environment=_environment(settings, device),
+                       timings=timings, fastest_correct={}, source_reference=SOURCE_TABLE,
+                       csv=str(csv_path) if csv_path else None, warnings=[warning])  # fmt: skip

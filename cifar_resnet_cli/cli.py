@@ -748,7 +748,11 @@ def export_cmd(
 def bench_cmd(
     ctx: typer.Context,
     checkpoint: Annotated[
-        Optional[Path], typer.Argument(help="A .safetensors checkpoint; without one, a random-initialised model.")
+        Optional[Path],
+        typer.Argument(
+            help="A .safetensors checkpoint, or an archive from `export` (timed alone, exactly as shipped); "
+            "without one, a random-initialised model."
+        ),
     ] = None,
     variants: Annotated[
         Optional[str], _opt("--variants", "Comma-separated: eager, trace, script, frozen, compile. (default: all)")

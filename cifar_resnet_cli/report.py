@@ -326,39 +326,62 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1e3:.2f}"
 
 
+# Columns of the bench table, most important first; a narrow terminal shows the first ones that fit.
+_BENCH_COLUMNS = ("variant", "median ms", "images/s", "speed-up (IQR)", "top-1 agree", "output", "max |diff|",
+                  "p90 ms", "cold start s", "Average Inference Time (seconds)")  # fmt: skip
+_BENCH_WIDTHS = {80: 6, 100: 7, 120: 9}  # terminal width -> columns shown (all of them above 120)
+
+
+def _bench_cells(t) -> dict[str, object]:
+    name = f"{t.variant} {t.dtype} {t.layout}"
+    if t.error:
+        return {"variant": name, "output": Text(f"failed: {t.error}", style="red")}
+    checked = t.correct is not None  # an archive timed alone has no eager reference
+    if t.baseline:
+        speed = "1.00 (baseline)"
+    elif t.speedup is None:
+        speed = "-"
+    else:
+        speed = f"{t.speedup:.2f} ({t.speedup_low:.2f}-{t.speedup_high:.2f})"
+    verdict = (Text("ok", style="green") if t.correct else Text("WRONG", style="bold red")) if checked else (
+        Text("not compared", style="dim"))  # fmt: skip
+    return {
+        "variant": name, "median ms": _ms(t.median_s), "images/s": f"{t.images_per_s:.1f}", "speed-up (IQR)": speed,
+        "top-1 agree": f"{t.top1_agreement:.0%}" if checked else "-", "output": verdict,
+        "max |diff|": f"{t.max_abs_diff:.2g}" if checked else "-", "p90 ms": _ms(t.p90_s),
+        "cold start s": f"{t.cold_start_s:.3f}", "Average Inference Time (seconds)": f"{t.mean_s:.4f}",
+    }  # fmt: skip
+
+
 def render_bench(result) -> None:
+    """One table per device and batch size; as many columns as the terminal shows without cutting a
+    number (the long form is in --json and --csv)."""
     env = result.environment
     out.print(
         f"torch {env.torch} | {env.device} | {env.threads} threads | {env.cpu} | python {env.python} | "
         f"warm-up {env.warmup}, {env.iters} timed calls",
         highlight=False,
     )
+    shown = next((n for width, n in sorted(_BENCH_WIDTHS.items()) if out.width <= width), len(_BENCH_COLUMNS))
+    columns = _BENCH_COLUMNS[:shown]
     groups: dict[tuple[str, int, int], list] = {}
     for t in result.timings:
         groups.setdefault((t.device, t.batch_size, t.image_size), []).append(t)
     for (device, batch, size), rows in groups.items():
         table = Table(title=f"{device}, batch {batch}, {size}x{size}", title_justify="left")
-        for col in ("variant", "median ms", "p90 ms", "Average Inference Time (seconds)", "images/s",
-                    "speed-up (IQR)", "cold start s", "max |diff|", "top-1 agree", "output"):  # fmt: skip
-            table.add_column(col, justify="left" if col in ("variant", "output") else "right")
+        for col in columns:
+            table.add_column(col, justify="left" if col in ("variant", "output") else "right",
+                             no_wrap=col not in ("variant", "output"))  # fmt: skip
         for t in rows:
-            name = f"{t.variant} {t.dtype} {t.layout}"
-            if t.error:
-                table.add_row(name, *["-"] * 8, Text(f"failed: {t.error}", style="red"))
-                continue
-            speed = "1.00 (baseline)" if t.baseline else f"{t.speedup:.2f} ({t.speedup_low:.2f}-{t.speedup_high:.2f})"
-            verdict = Text("ok", style="green") if t.correct else Text("WRONG", style="bold red")
-            table.add_row(
-                name, _ms(t.median_s), _ms(t.p90_s), f"{t.mean_s:.4f}", f"{t.images_per_s:.1f}", speed,
-                f"{t.cold_start_s:.3f}", f"{t.max_abs_diff:.2g}", f"{t.top1_agreement:.0%}", verdict,
-            )  # fmt: skip
+            cells = _bench_cells(t)
+            table.add_row(*[cells.get(col, "-") for col in columns])
         out.print(table)
         if str(batch) in result.fastest_correct:
             out.print(f"fastest correct at batch {batch}: {result.fastest_correct[str(batch)].describe()}",
                       highlight=False)  # fmt: skip
-    ref = ", ".join(f"{k} {v:.4f} s" for k, v in result.source_reference.items())
-    out.print(f"Source project's Average Inference Time (seconds), its own machine: {ref} "
-              "(traced 1.32x, scripted 1.22x).", highlight=False)  # fmt: skip
+    if len(columns) < len(_BENCH_COLUMNS):
+        out.print(f"(more columns in a wider terminal, or with --json / --csv: {', '.join(_BENCH_COLUMNS[shown:])})",
+                  highlight=False, style="dim")  # fmt: skip
     if result.csv:
         out.print(f"CSV: {result.csv}")
 

@@ -171,3 +171,17 @@ def test_a_wrong_variant_is_reported_as_wrong(tmp_path: Path) -> None:
     assert result.fastest_correct["4"].variant != "trace"
     lines = (tmp_path / "b.csv").read_text().splitlines()
     assert len(lines) == 3 and lines[0].startswith("variant,dtype,layout")
+
+
+def test_bench_times_an_archive_exactly_as_shipped(cli, checkpoint: Path, tmp_path: Path) -> None:
+    exported = cli.json("export", checkpoint, "--method", "trace", "--out", tmp_path / "exports")
+    archive = exported["archives"][0]["path"]
+    common = ["--batch-sizes", "1,2", "--warmup", "0", "--iters", "3"]
+    result = BenchResult.model_validate(cli.json("bench", archive, *common, "--csv", tmp_path / "b.csv"))
+    assert [(t.variant, t.dtype, t.batch_size) for t in result.timings] == [("archive (trace)", "fp32", 1),
+                                                                          ("archive (trace)", "fp32", 2)]  # fmt: skip
+    assert all(t.error is None and t.median_s > 0 and t.iters == 3 and t.correct is None for t in result.timings)
+    assert result.fastest_correct == {} and "timed alone" in result.warnings[0]
+    assert len((tmp_path / "b.csv").read_text().splitlines()) == 3
+    table = cli("bench", archive, *common)
+    assert table.exit_code == 0 and "compared" in table.stdout and "WRONG" not in table.stdout
