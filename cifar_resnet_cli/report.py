@@ -241,20 +241,28 @@ class TrainProgressBar:
         self._progress.stop()
 
 
+_TRAIN_COLUMNS = ("epoch", "train loss", "train top-1", "val loss", "val top-1", "img/s", "time", "lr", "val top-5")
+
+
 def render_train(result) -> None:
+    """The epochs (the columns that fit the terminal, most important first; all of them in --json and
+    metrics.csv), then the summary."""
+    shown = _TRAIN_COLUMNS if out.width >= 100 else _TRAIN_COLUMNS[:7]
     table = Table(title=f"Training run {result.run_dir}", title_justify="left")
-    for col in ("epoch", "lr", "train loss", "train top-1", "val loss", "val top-1", "val top-5", "img/s", "time"):
-        table.add_column(col, justify="right")
+    for col in shown:
+        table.add_column(col, justify="right", no_wrap=True)
     for m in result.history:
-        table.add_row(
-            f"{m.epoch}{' *' if m.best else ''}", f"{m.lr:.2e}", f"{m.train_loss:.4f}", _pct(m.train_top1),
-            "-" if m.val_loss is None else f"{m.val_loss:.4f}", _pct(m.val_top1), _pct(m.val_top5),
-            f"{m.images_per_s:.0f}", f"{m.epoch_time_s:.1f} s",
-        )  # fmt: skip
+        cells = {
+            "epoch": f"{m.epoch}{' *' if m.best else ''}", "lr": f"{m.lr:.2e}", "train loss": f"{m.train_loss:.4g}",
+            "train top-1": _pct(m.train_top1), "val loss": "-" if m.val_loss is None else f"{m.val_loss:.4g}",
+            "val top-1": _pct(m.val_top1), "val top-5": _pct(m.val_top5), "img/s": f"{m.images_per_s:.0f}",
+            "time": f"{m.epoch_time_s:.1f} s",
+        }  # fmt: skip
+        table.add_row(*[cells[c] for c in shown])
     out.print(table)
     summary = Table(show_header=False, title="Summary (* = best on validation)", title_justify="left")
     summary.add_column("what")
-    summary.add_column("value")
+    summary.add_column("value", overflow="fold")
     data = f"{result.dataset}{' (SYNTHETIC)' if result.synthetic else ''}: {result.train_images} train, "
     data += f"{result.val_images} val, {result.test_images} test"
     summary.add_row("data", data)
@@ -266,7 +274,7 @@ def render_train(result) -> None:
                                           f"(best checkpoint, loss {result.test_loss:.4f})")  # fmt: skip
     summary.add_row("time", f"{result.train_time_s:.1f} s training, {result.total_time_s:.1f} s in all")
     summary.add_row("throughput", f"{result.images_per_s:.0f} images/s ({result.device})")
-    summary.add_row("checkpoints", f"{result.run_dir}/best.safetensors, last.safetensors")
+    summary.add_row("checkpoints", f"{result.best_checkpoint}, {result.last_checkpoint}")
     out.print(summary)
 
 

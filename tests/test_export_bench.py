@@ -185,3 +185,4 @@ def test_bench_times_an_archive_exactly_as_shipped(cli, checkpoint: Path, tmp_pa
     assert len((tmp_path / "b.csv").read_text().splitlines()) == 3
     table = cli("bench", archive, *common)
     assert table.exit_code == 0 and "compared" in table.stdout and "WRONG" not in table.stdout
+    assert "…" not in table.stdout  # 80 columns: no cell cut short

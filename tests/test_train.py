@@ -63,6 +63,7 @@ def test_without_a_terminal_progress_is_plain_lines_and_metrics_csv_equals_jsonl
         "epoch 1/2 step 3/4", "epoch 1/2 step 4/4", "epoch 2/2 step 3/4", "epoch 2/2 step 4/4"]  # fmt: skip
     assert all(" top-1 " in line and " lr " in line and line.endswith(" img/s") for line in lines)
     assert "\x1b" not in r.stderr  # no control codes in a log file
+    assert "Training run runs/train" in r.stdout and "…" not in r.stdout  # 80 columns: no number cut short
     rows = [json.loads(x) for x in Path("runs/train/metrics.jsonl").read_text().splitlines()]
     with open("runs/train/metrics.csv", newline="") as f:
         table = list(csv.DictReader(f))
