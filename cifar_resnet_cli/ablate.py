@@ -22,6 +22,7 @@ from .errors import CifarResnetError
 from .evaluate import evaluate_model
 from .model import STAGES, BasicBlock, ResNet
 from .plots import PlotUnavailable, plot_ablation
+from .progress import Tasks, task
 from .settings import Settings
 from .weights import load_model
 
@@ -74,7 +75,8 @@ class AblateResult(BaseModel):
     warnings: list[str]
 
 
-def ablate(settings: Settings, path: Path, *, limit: int | None = None, plot: Path | None = None) -> AblateResult:
+def ablate(settings: Settings, path: Path, *, limit: int | None = None, plot: Path | None = None,
+           tasks: Tasks | None = None) -> AblateResult:  # fmt: skip
     """Evaluate the checkpoint with each block's and each stage's residual branch removed."""
     device = resolve_device(settings.device)
     model, meta = load_model(path)
@@ -92,14 +94,17 @@ def ablate(settings: Settings, path: Path, *, limit: int | None = None, plot: Pa
         return evaluate_model(model, split, mean=meta.mean, std=meta.std, image_size=meta.image_size,
                               num_classes=meta.num_classes, batch_size=settings.eval.batch_size).top1_acc  # fmt: skip
 
-    intact = top1()
     candidates = [(f"{s}.{i}", "block", [f"{s}.{i}"]) for s in STAGES for i in range(len(getattr(model, s)))]
     candidates += [(s, "stage", [f"{s}.{i}" for i in range(len(getattr(model, s)))]) for s in STAGES]
     rows = []
-    for name, kind, blocks in candidates:
-        with without_branches(model, blocks):
-            acc = top1()
-        rows.append(AblationRow(name=name, kind=kind, blocks=blocks, top1=acc, drop=intact - acc))
+    with task(tasks, f"ablation: {len(candidates) + 1} evaluations of {len(split)} images", len(candidates) + 1) as bar:
+        intact = top1()
+        bar.advance()
+        for name, kind, blocks in candidates:
+            with without_branches(model, blocks):
+                acc = top1()
+            rows.append(AblationRow(name=name, kind=kind, blocks=blocks, top1=acc, drop=intact - acc))
+            bar.advance()
     rows.sort(key=lambda r: r.drop, reverse=True)
 
     warnings = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import logging
 import platform
 import statistics
 import time
@@ -26,7 +27,8 @@ from .errors import CifarResnetError
 from .export import DTYPES, Deployed, build_variant, compare, is_archive, load_archive, tolerances
 from .fileio import atomic_write_bytes, check_writable
 from .model import resnet34
-from .settings import Settings
+from .progress import Tasks, task
+from .settings import BenchSettings, Settings
 from .weights import load_model
 
 # The source project's headline table (average inference time, seconds; its machine and batch).
@@ -139,12 +141,58 @@ def time_variant(fn, x: torch.Tensor, device: torch.device, *, warmup: int, iter
 def _make(model: torch.nn.Module, variant: str, example: torch.Tensor, dtype: str, layout: str) -> torch.nn.Module:
     channels_last = layout == "nhwc"
     if variant == "compile":
+        # Inductor looks for a CUDA toolkit even on the CPU and logs "No CUDA runtime is found" when there
+        # is none (a CUDA build of torch on a CPU machine): noise in the middle of our output, not a fault.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         return torch.compile(Deployed(copy.deepcopy(model), DTYPES[dtype], channels_last).eval())
     return build_variant(copy.deepcopy(model), variant, example, dtype=dtype, channels_last=channels_last)
 
 
+def _fill(row: Timing, cold: float, times: list[float]) -> None:
+    """A row's timing statistics from its cold start and its timed calls."""
+    med = statistics.median(times)
+    row.cold_start_s, row.median_s, row.mean_s = cold, med, statistics.fmean(times)
+    row.p90_s, row.p25_s, row.p75_s = _quantile(times, 0.9), _quantile(times, 0.25), _quantile(times, 0.75)
+    row.iters, row.images_per_s = len(times), row.batch_size / med
+
+
+def _error(exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}"
+
+
+def _time_combo(index: int, variant: str, dtype: str, layout: str, is_base: bool, model: torch.nn.Module,
+                example: torch.Tensor, inputs: dict[int, torch.Tensor], references: dict[int, torch.Tensor],
+                device: torch.device, b: BenchSettings, tamper: str | None, timings: list[Timing],
+                raw: dict[tuple[int, int], list[float]], bar: Tasks) -> None:  # fmt: skip
+    """Build one variant (compiling it, for ``compile``) and time it at every batch size."""
+    atol, min_agree = tolerances(dtype, None, None)
+    fn = None
+    for batch, x in inputs.items():
+        row = Timing(variant=variant, dtype=dtype, layout=layout, batch_size=batch, image_size=x.shape[-1],
+                     device=device_description(device), baseline=is_base)  # fmt: skip
+        try:
+            if fn is None:  # built once per variant, timed at every batch size
+                fn = _make(model, variant, example, dtype, layout)
+                if tamper == variant and not is_base:
+                    inner = fn
+                    fn = lambda t, inner=inner: inner(t).roll(1, dims=1)  # noqa: E731  (a wrong variant)
+            cold, times = time_variant(fn, x, device, warmup=b.warmup, iters=b.iters)
+            agreement = compare(fn, references[batch], x, atol)
+        except Exception as exc:  # a variant that cannot be built or run here is reported, not hidden
+            row.error = _error(exc)
+            timings.append(row)
+            return
+        _fill(row, cold, times)
+        row.max_abs_diff, row.top1_agreement = agreement.max_abs_diff, agreement.top1_agreement
+        row.correct = agreement.ok(min_agree)
+        raw[(index, batch)] = times
+        timings.append(row)
+        bar.advance()
+
+
 def benchmark(settings: Settings, path: Path | None = None, *, csv_path: Path | None = None,
-              tamper: str | None = None) -> BenchResult:  # fmt: skip
+              tamper: str | None = None, tasks: Tasks | None = None) -> BenchResult:  # fmt: skip
     """Time every requested variant x dtype x layout x batch size; compare each with eager fp32.
 
     ``tamper`` (tests only) names a variant whose output is made wrong, to show it is caught.
@@ -157,7 +205,7 @@ def benchmark(settings: Settings, path: Path | None = None, *, csv_path: Path | 
         check_writable(csv_path, force=True, what="--csv file")
     warnings: list[str] = []
     if path is not None and is_archive(path):
-        return _benchmark_archive(settings, path, device, csv_path)
+        return _benchmark_archive(settings, path, device, csv_path, tasks)
     if path is not None:
         model, meta = load_model(path)
         size = settings.model.image_size if "image_size" in settings.model.model_fields_set else meta.image_size
@@ -182,32 +230,9 @@ def benchmark(settings: Settings, path: Path | None = None, *, csv_path: Path | 
     ]  # fmt: skip
     raw: dict[tuple[int, int], list[float]] = {}  # (combo index, batch) -> call times
     for index, (variant, dtype, layout, is_base) in enumerate(combos):
-        atol, min_agree = tolerances(dtype, None, None)
-        fn = None
-        for batch, x in inputs.items():
-            row = Timing(variant=variant, dtype=dtype, layout=layout, batch_size=batch, image_size=size,
-                         device=device_description(device), baseline=is_base)  # fmt: skip
-            try:
-                if fn is None:  # built once per variant, timed at every batch size
-                    fn = _make(model, variant, example, dtype, layout)
-                    if tamper == variant and not is_base:
-                        inner = fn
-                        fn = lambda t, inner=inner: inner(t).roll(1, dims=1)  # noqa: E731  (a wrong variant)
-                cold, times = time_variant(fn, x, device, warmup=b.warmup, iters=b.iters)
-                agreement = compare(fn, references[batch], x, atol)
-            except Exception as exc:  # a variant that cannot be built or run here is reported, not hidden
-                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-                row.error = f"{type(exc).__name__}: {first}"
-                timings.append(row)
-                break
-            med = statistics.median(times)
-            row.cold_start_s, row.median_s, row.mean_s = cold, med, statistics.fmean(times)
-            row.p90_s, row.p25_s, row.p75_s = _quantile(times, 0.9), _quantile(times, 0.25), _quantile(times, 0.75)
-            row.iters, row.images_per_s = len(times), batch / med
-            row.max_abs_diff, row.top1_agreement = agreement.max_abs_diff, agreement.top1_agreement
-            row.correct = agreement.ok(min_agree)
-            raw[(index, batch)] = times
-            timings.append(row)
+        with task(tasks, f"{variant} {dtype} {layout}: build, warm up, time", len(inputs)) as bar:
+            _time_combo(index, variant, dtype, layout, is_base, model, example, inputs, references, device, b,
+                        tamper, timings, raw, bar)  # fmt: skip
     for row in timings:  # speed-up over eager fp32 at the same batch size, with its spread (IQR)
         base = raw.get((0, row.batch_size))
         if base and row.median_s:
@@ -247,7 +272,8 @@ def _environment(settings: Settings, device: torch.device) -> Environment:
                        cpu=cpu_name(), python=platform.python_version(), warmup=b.warmup, iters=b.iters)  # fmt: skip
 
 
-def _benchmark_archive(settings: Settings, path: Path, device: torch.device, csv_path: Path | None) -> BenchResult:
+def _benchmark_archive(settings: Settings, path: Path, device: torch.device, csv_path: Path | None,
+                       tasks: Tasks | None) -> BenchResult:  # fmt: skip
     """Time an archive from ``export`` as it will be shipped: exactly that file, loaded as our loaders
     load it, at every batch size. It carries no eager model, so there is nothing to compare it with."""
     b = settings.bench
@@ -261,15 +287,13 @@ def _benchmark_archive(settings: Settings, path: Path, device: torch.device, csv
         row = Timing(variant=f"archive ({extra.get('export_method', '?')})", dtype=extra.get("export_dtype", "?"),
                      layout=layout, batch_size=batch, image_size=size, device=device_description(device))  # fmt: skip
         try:
-            cold, times = time_variant(module, x, device, warmup=b.warmup, iters=b.iters)
+            with task(tasks, f"{row.variant} {row.dtype} {layout}, batch {batch}: warm up, time", None):
+                cold, times = time_variant(module, x, device, warmup=b.warmup, iters=b.iters)
         except Exception as exc:  # reported in its row, like a variant that cannot run here
-            row.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+            row.error = _error(exc)
             timings.append(row)
             continue
-        med = statistics.median(times)
-        row.cold_start_s, row.median_s, row.mean_s = cold, med, statistics.fmean(times)
-        row.p90_s, row.p25_s, row.p75_s = _quantile(times, 0.9), _quantile(times, 0.25), _quantile(times, 0.75)
-        row.iters, row.images_per_s = len(times), batch / med
+        _fill(row, cold, times)
         timings.append(row)
     if csv_path is not None:
         _write_csv(csv_path, timings)

@@ -626,9 +626,9 @@ def eval_cmd(
         "eval.tta": tta,
         "device": device,
     }
-    result = _run(
-        ctx, flags, lambda s: evaluate_checkpoint(s, checkpoint, confusion=confusion, confusion_plot=confusion_plot)
-    )
+    with report.TaskBars() as bars:
+        result = _run(ctx, flags, lambda s: evaluate_checkpoint(s, checkpoint, confusion=confusion,
+                                                                confusion_plot=confusion_plot, tasks=bars))  # fmt: skip
     report.print_warnings(result.warnings)
     if json:
         report.print_json(result)
@@ -736,7 +736,8 @@ def export_cmd(
         "export.min_agreement": min_agreement,
         "device": device,
     }
-    result = _run(ctx, flags, lambda s: export_model(s, checkpoint, force=force))
+    with report.TaskBars(keep=True) as bars:
+        result = _run(ctx, flags, lambda s: export_model(s, checkpoint, force=force, tasks=bars))
     report.print_warnings(result.warnings)
     if json:
         report.print_json(result)
@@ -806,7 +807,8 @@ def bench_cmd(
         "bench.iters": iters,
         "device": device,
     }
-    result = _run(ctx, flags, lambda s: benchmark(s, checkpoint, csv_path=csv))
+    with report.TaskBars(keep=True) as bars:  # each variant's build (compile) and timing as its own line
+        result = _run(ctx, flags, lambda s: benchmark(s, checkpoint, csv_path=csv, tasks=bars))
     report.print_warnings(result.warnings)
     if json:
         report.print_json(result)
@@ -905,7 +907,8 @@ def ablate_cmd(
 
     flags = {"eval.split": split, "data.dataset": dataset, "data.data_dir": data_dir, "data.download": download,
              "eval.batch_size": batch_size, "device": device}  # fmt: skip
-    result = _run(ctx, flags, lambda s: ablate(s, checkpoint, limit=limit, plot=plot))
+    with report.TaskBars() as bars:
+        result = _run(ctx, flags, lambda s: ablate(s, checkpoint, limit=limit, plot=plot, tasks=bars))
     report.print_warnings(result.warnings)
     if json:
         report.print_json(result)

@@ -21,6 +21,7 @@ from .errors import CheckpointError
 from .export import is_archive, load_archive
 from .fileio import atomic_write_bytes, check_writable
 from .plots import PlotUnavailable, plot_confusion
+from .progress import Tasks, task
 from .settings import Settings
 from .weights import load_model
 
@@ -92,23 +93,28 @@ def evaluate_model(
     amp: str = "off",
     channels_last: bool = False,
     tta: bool = False,
+    tasks: Tasks | None = None,
+    label: str = "evaluating",
 ) -> Scores:
-    """Evaluate ``model`` (eval mode) on a device-resident split, batch by batch."""
+    """Evaluate ``model`` (eval mode) on a device-resident split, batch by batch (reported to ``tasks``
+    as ``label``)."""
     was_training = getattr(model, "training", False)  # a frozen TorchScript module has no mode
     if hasattr(model, "training"):
         model.eval()
     device = data.images.device
     parts = []
     try:
-        for start in range(0, len(data), batch_size):
-            x = preprocess(data.images[start : start + batch_size], mean, std, image_size,
-                           channels_last=channels_last)  # fmt: skip
-            with autocast(device, amp):
-                logits = model(x).float()
-                if tta:  # average the probabilities of the image and its mirror
-                    probs = (logits.softmax(1) + model(x.flip(3)).float().softmax(1)) / 2
-                    logits = probs.clamp_min(1e-12).log()
-            parts.append(score_logits(logits, data.labels[start : start + batch_size], num_classes))
+        with task(tasks, f"{label} ({len(data)} images)", -(-len(data) // batch_size)) as bar:
+            for start in range(0, len(data), batch_size):
+                x = preprocess(data.images[start : start + batch_size], mean, std, image_size,
+                               channels_last=channels_last)  # fmt: skip
+                with autocast(device, amp):
+                    logits = model(x).float()
+                    if tta:  # average the probabilities of the image and its mirror
+                        probs = (logits.softmax(1) + model(x.flip(3)).float().softmax(1)) / 2
+                        logits = probs.clamp_min(1e-12).log()
+                parts.append(score_logits(logits, data.labels[start : start + batch_size], num_classes))
+                bar.advance()
     finally:
         if hasattr(model, "training"):
             model.train(was_training)
@@ -153,7 +159,12 @@ def confusion_csv(confusion: torch.Tensor, names: Sequence[str]) -> bytes:
 
 
 def evaluate_checkpoint(
-    settings: Settings, path: Path, *, confusion: Path | None = None, confusion_plot: Path | None = None
+    settings: Settings,
+    path: Path,
+    *,
+    confusion: Path | None = None,
+    confusion_plot: Path | None = None,
+    tasks: Tasks | None = None,
 ) -> EvalResult:
     """Evaluate one of our checkpoints on the test (or validation) split."""
     for target, what in ((confusion, "--confusion file"), (confusion_plot, "--confusion-plot file")):
@@ -173,7 +184,8 @@ def evaluate_checkpoint(
     start = time.perf_counter()
     scores = evaluate_model(
         model, split.to(device), mean=meta.mean, std=meta.std, image_size=meta.image_size,
-        num_classes=meta.num_classes, batch_size=settings.eval.batch_size, tta=settings.eval.tta,
+        num_classes=meta.num_classes, batch_size=settings.eval.batch_size, tta=settings.eval.tta, tasks=tasks,
+        label=f"eval {settings.eval.split}",
     )  # fmt: skip
     elapsed = time.perf_counter() - start
     per_class = []

@@ -22,7 +22,8 @@ from . import __version__
 from .devices import device_description, resolve_device
 from .errors import CheckpointError, OutputError, VerificationError
 from .fileio import check_output_dir, output_error, sha256_file, temporary_beside
-from .settings import Settings
+from .progress import Tasks, task
+from .settings import ExportSettings, Settings
 from .weights import WeightsMeta, load_model
 
 METADATA_FILE = "cifar_resnet.json"
@@ -205,7 +206,51 @@ def _save_archive(variant: nn.Module, tmp: str, extra: dict[str, str], target: P
         ) from None
 
 
-def export_model(settings: Settings, path: Path, *, force: bool = False) -> ExportResult:
+def _export_one(model: nn.Module, method: str, target: Path, example: Tensor, x: Tensor, reference: Tensor,
+                meta: WeightsMeta, ckpt_sha: str, device: torch.device, e: ExportSettings, atol: float,
+                min_agreement: float, bar: Tasks) -> ArchiveInfo:  # fmt: skip
+    """Build one archive, save it to a temporary file, load it back, verify it, then move it in place."""
+    dtype, channels_last = e.dtype, e.channels_last
+    variant = build_variant(copy.deepcopy(model), method, example, dtype=dtype, channels_last=channels_last,
+                            optimize=False)  # fmt: skip
+    bar.advance()
+    fd, tmp = temporary_beside(target)
+    os.close(fd)
+    try:
+        extra = {METADATA_FILE: archive_metadata(meta, method=method, dtype=dtype, channels_last=channels_last,
+                                                 checkpoint_sha256=ckpt_sha)}  # fmt: skip
+        _save_archive(variant, tmp, extra, target)
+        bar.advance()
+        # As a user gets it (plain torch.jit.load), and as our loaders run it (frozen: optimised).
+        plain, _, _ = load_archive(Path(tmp), device, optimize=False)
+        agreement = compare(plain, reference.to(device), x.to(device), atol)
+        if method == "frozen":
+            optimised = compare(load_archive(Path(tmp), device)[0], reference.to(device), x.to(device), atol)
+            agreement = max(agreement, optimised, key=lambda a: a.max_abs_diff)
+        if not agreement.ok(min_agreement):
+            raise VerificationError(
+                f"the {method} archive differs from the eager model: max |diff| {agreement.max_abs_diff:.3g} "
+                f"(allowed {agreement.allowed:.3g}), top-1 agreement {agreement.decisive_agreement:.0%} on "
+                f"{agreement.decisive_images} decisive images (required {min_agreement:.0%}); nothing was written",
+                "loosen --atol/--min-agreement only if the difference is expected (reduced precision)",
+            )
+        try:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise output_error(exc, target) from None
+        bar.advance()
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return ArchiveInfo(
+        method=method, path=str(target), dtype=dtype, channels_last=channels_last, frozen=method == "frozen",
+        bytes=target.stat().st_size, sha256=sha256_file(target), verified_on=device_description(device),
+        agreement=agreement, atol=atol, min_agreement=min_agreement,
+    )  # fmt: skip
+
+
+def export_model(settings: Settings, path: Path, *, force: bool = False, tasks: Tasks | None = None) -> ExportResult:
     """Write one verified TorchScript archive per method into ``settings.export.out_dir``."""
     e = settings.export
     out_dir, methods, dtype, channels_last = e.out_dir, e.methods, e.dtype, e.channels_last
@@ -240,40 +285,9 @@ def export_model(settings: Settings, path: Path, *, force: bool = False) -> Expo
 
     archives = []
     for method, target in targets.items():
-        variant = build_variant(copy.deepcopy(model), method, example, dtype=dtype, channels_last=channels_last,
-                                optimize=False)  # fmt: skip
-        fd, tmp = temporary_beside(target)
-        os.close(fd)
-        try:
-            extra = {METADATA_FILE: archive_metadata(meta, method=method, dtype=dtype, channels_last=channels_last,
-                                                     checkpoint_sha256=ckpt_sha)}  # fmt: skip
-            _save_archive(variant, tmp, extra, target)
-            # As a user gets it (plain torch.jit.load), and as our loaders run it (frozen: optimised).
-            plain, _, _ = load_archive(Path(tmp), device, optimize=False)
-            agreement = compare(plain, reference.to(device), x.to(device), atol)
-            if method == "frozen":
-                optimised = compare(load_archive(Path(tmp), device)[0], reference.to(device), x.to(device), atol)
-                agreement = max(agreement, optimised, key=lambda a: a.max_abs_diff)
-            if not agreement.ok(min_agreement):
-                raise VerificationError(
-                    f"the {method} archive differs from the eager model: max |diff| {agreement.max_abs_diff:.3g} "
-                    f"(allowed {agreement.allowed:.3g}), top-1 agreement {agreement.decisive_agreement:.0%} on "
-                    f"{agreement.decisive_images} decisive images (required {min_agreement:.0%}); nothing was written",
-                    "loosen --atol/--min-agreement only if the difference is expected (reduced precision)",
-                )
-            try:
-                with open(tmp, "rb") as f:
-                    os.fsync(f.fileno())
-                os.replace(tmp, target)
-            except OSError as exc:
-                raise output_error(exc, target) from None
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        archives.append(ArchiveInfo(
-            method=method, path=str(target), dtype=dtype, channels_last=channels_last, frozen=method == "frozen",
-            bytes=target.stat().st_size, sha256=sha256_file(target), verified_on=device_description(device),
-            agreement=agreement, atol=atol, min_agreement=min_agreement,
-        ))  # fmt: skip
+        with task(tasks, f"{method} archive: build, save, load back, verify", 3) as bar:
+            archives.append(_export_one(model, method, target, example, x, reference, meta, ckpt_sha, device, e,
+                                        atol, min_agreement, bar))  # fmt: skip
     return ExportResult(
         checkpoint=str(path),
         checkpoint_sha256=ckpt_sha,

@@ -180,25 +180,63 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
-class TrainProgressBar:
-    """Training progress on stderr: on a terminal, one Rich bar per epoch (loss, top-1, lr, images/s,
-    ETA); in a log file or batch job, a plain line every ``log_interval`` steps (timm's convention)
-    and never a control code. A line per epoch in both."""
+class TaskBars:
+    """Long steps as progress lines on stderr (what, bar, done/total, elapsed, ETA); nothing at all when
+    stderr is not a terminal. ``keep`` leaves each finished step's line on screen. Use as a context
+    manager, so that the display (and the terminal cursor) is restored however the command ends."""
+
+    def __init__(self, *, keep: bool = False) -> None:
+        from rich import progress as rp
+
+        self._progress = rp.Progress(rp.SpinnerColumn(), rp.TextColumn("{task.description}"), rp.BarColumn(),
+                                     rp.MofNCompleteColumn(), rp.TimeElapsedColumn(), rp.TimeRemainingColumn(),
+                                     console=err, transient=not keep, disable=not err.is_terminal)  # fmt: skip
+        self._keep = keep
+        self._started = False
+        self._current = None
+
+    def _ensure_started(self) -> None:
+        if not self._started:
+            self._progress.start()
+            self._started = True
+
+    def begin(self, description: str, total: int | None = None) -> None:
+        self._ensure_started()
+        self._current = self._progress.add_task(description, total=total)
+
+    def advance(self, n: int = 1) -> None:
+        if self._current is not None:
+            self._progress.advance(self._current, n)
+
+    def end(self) -> None:
+        if self._current is None:
+            return
+        if self._keep:
+            self._progress.stop_task(self._current)
+        else:
+            self._progress.remove_task(self._current)
+        self._current = None
+
+    def close(self) -> None:
+        if self._started:
+            self._progress.stop()
+            self._started = False
+
+    def __enter__(self) -> TaskBars:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class TrainProgressBar(TaskBars):
+    """Training on stderr: on a terminal, one bar per epoch (loss, top-1, lr, images/s, ETA) and a bar
+    for each long step (feature extraction, validation, test); in a log file or batch job, a plain
+    line every ``log_interval`` steps (timm's convention) and never a control code. A line per epoch
+    in both."""
 
     def __init__(self, log_interval: int = 50) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  top-1 {task.fields[top1]:.1%}  lr {task.fields[lr]:.2e}"
-                       "  {task.fields[ips]:.0f} img/s"),
-            TimeRemainingColumn(),
-            console=err,
-            transient=True,
-            disable=not err.is_terminal,
-        )  # fmt: skip
+        super().__init__()
         self._task = None
         self._label = ""
         self._epochs = 0
@@ -209,7 +247,7 @@ class TrainProgressBar:
         err.print(f"[bold]run[/bold] {run_dir}: epochs {first_epoch}..{epochs}, {steps} steps each")
         err.print(f"{'epoch':>5} {'lr':>9} {'train loss':>10} {'train top-1':>11} {'val loss':>9} "
                   f"{'val top-1':>9} {'img/s':>7} {'time':>7}")  # fmt: skip
-        self._progress.start()
+        self._ensure_started()
 
     def step(self, *, epoch: int, step: int, steps: int, loss: float, top1: float, lr: float, ips: float) -> None:
         label = f"{epoch}/{self._epochs}"
@@ -218,12 +256,13 @@ class TrainProgressBar:
                 err.print(f"epoch {label} step {step}/{steps} loss {loss:.4f} top-1 {top1:.2%} lr {lr:.3e} "
                           f"{ips:.0f} img/s", highlight=False, markup=False)  # fmt: skip
             return
+        text = f"[bold]epoch {label}[/bold]  loss {loss:.4f}  top-1 {top1:.1%}  lr {lr:.2e}  {ips:.0f} img/s"
         if self._task is None or self._label != label:
             if self._task is not None:
                 self._progress.remove_task(self._task)
             self._label = label
-            self._task = self._progress.add_task("", total=steps, epoch=label, loss=loss, top1=top1, lr=lr, ips=ips)
-        self._progress.update(self._task, completed=step, loss=loss, top1=top1, lr=lr, ips=ips)
+            self._task = self._progress.add_task(text, total=steps)
+        self._progress.update(self._task, completed=step, description=text)
 
     def epoch_end(self, m) -> None:
         val_loss = "-" if m.val_loss is None else f"{m.val_loss:.4f}"
@@ -238,7 +277,7 @@ class TrainProgressBar:
         self._progress.console.print(Text(message, style="yellow"))
 
     def stop(self) -> None:
-        self._progress.stop()
+        self.close()
 
 
 _TRAIN_COLUMNS = ("epoch", "train loss", "train top-1", "val loss", "val top-1", "img/s", "time", "lr", "val top-5")
@@ -272,7 +311,8 @@ def render_train(result) -> None:
     summary.add_row("best validation top-1", f"{_pct(result.best_val_top1)} (epoch {result.best_epoch})")
     summary.add_row("test top-1 / top-5", f"{_pct(result.test_top1)} / {_pct(result.test_top5)} "
                                           f"(best checkpoint, loss {result.test_loss:.4f})")  # fmt: skip
-    summary.add_row("time", f"{result.train_time_s:.1f} s training, {result.total_time_s:.1f} s in all")
+    extraction = f" (feature extraction {result.feature_extraction_s:.1f} s of it)" if result.feature_cache else ""
+    summary.add_row("time", f"{result.train_time_s:.1f} s training{extraction}, {result.total_time_s:.1f} s in all")
     summary.add_row("throughput", f"{result.images_per_s:.0f} images/s ({result.device})")
     summary.add_row("checkpoints", f"{result.best_checkpoint}, {result.last_checkpoint}")
     out.print(summary)

@@ -44,6 +44,7 @@ from .evaluate import Scores, autocast, evaluate_model, merge, score_logits
 from .fileio import remove_temporaries, sha256_file
 from .model import ResNet, freeze_backbone, resnet34
 from .plots import PlotUnavailable, plot_curves
+from .progress import NoTasks, Tasks, task
 from .settings import Settings, parse_checkpoint_every
 from .weights import WeightsMeta, load_model, model_from_tensors
 
@@ -89,7 +90,8 @@ class TrainResult(BaseModel):
     test_top1: float
     test_top5: float
     test_loss: float
-    train_time_s: float
+    train_time_s: float  # epochs, plus the feature extraction of a cached-feature run
+    feature_extraction_s: float = 0.0
     total_time_s: float
     images_per_s: float
     resumed_from_epoch: int | None
@@ -99,8 +101,9 @@ class TrainResult(BaseModel):
     warnings: list[str]
 
 
-class TrainProgress(Protocol):
-    """What the training loop reports while it runs; ``report.py`` draws it on stderr."""
+class TrainProgress(Tasks, Protocol):
+    """What the training loop reports while it runs (and, as :class:`Tasks`, its long steps:
+    feature extraction, validation, the test); ``report.py`` draws it on stderr."""
 
     def start(self, *, run_dir: str, epochs: int, first_epoch: int, steps: int) -> None: ...
     def step(self, *, epoch: int, step: int, steps: int, loss: float, top1: float, lr: float, ips: float) -> None: ...
@@ -109,7 +112,7 @@ class TrainProgress(Protocol):
     def stop(self) -> None: ...
 
 
-class NullProgress:
+class NullProgress(NoTasks):
     def start(self, **_: Any) -> None: ...
     def step(self, **_: Any) -> None: ...
     def epoch_end(self, metrics: EpochMetrics) -> None: ...
@@ -302,12 +305,14 @@ def settings_for_resume(run_dir: Path, overrides: dict[str, Any]) -> Settings:
 
 @torch.inference_mode()
 def _features(model: ResNet, images: torch.Tensor, meta: WeightsMeta, image_size: int, batch: int,
-              channels_last: bool, amp: str) -> torch.Tensor:  # fmt: skip
+              channels_last: bool, amp: str, tasks: Tasks, what: str) -> torch.Tensor:  # fmt: skip
     out = []
-    for start in range(0, len(images), batch):
-        x = preprocess(images[start : start + batch], meta.mean, meta.std, image_size, channels_last=channels_last)
-        with autocast(images.device, amp):
-            out.append(model.forward_features(x).float())
+    with task(tasks, f"extracting {what} features ({len(images)} images)", -(-len(images) // batch)) as bar:
+        for start in range(0, len(images), batch):
+            x = preprocess(images[start : start + batch], meta.mean, meta.std, image_size, channels_last=channels_last)
+            with autocast(images.device, amp):
+                out.append(model.forward_features(x).float())
+            bar.advance()
     return torch.cat(out) if out else torch.empty(0, model.fc.in_features, device=images.device)
 
 
@@ -341,6 +346,8 @@ def _evaluate(
     amp: str,
     channels_last: bool,
     features: torch.Tensor | None = None,
+    tasks: Tasks | None = None,
+    label: str = "evaluating",
 ) -> Scores:
     """Scores on a split; under torchrun each rank scores its shard and the sums are reduced."""
     local = _shard(torch.arange(len(split)), ctx).to(split.labels.device)
@@ -353,7 +360,8 @@ def _evaluate(
     else:
         scores = evaluate_model(model, split.subset(local), mean=template.mean, std=template.std,
                                 image_size=settings.model.image_size, num_classes=settings.num_classes,
-                                batch_size=settings.eval.batch_size, amp=amp, channels_last=channels_last)  # fmt: skip
+                                batch_size=settings.eval.batch_size, amp=amp, channels_last=channels_last,
+                                tasks=tasks, label=label)  # fmt: skip
     return _reduce_scores(scores, ctx, device)
 
 
@@ -363,9 +371,11 @@ def train(settings: Settings, progress: TrainProgress | None = None, *, resume: 
     Under ``torchrun`` every rank runs this; rank 0 alone writes files and reports progress.
     """
     ctx, device = distributed.setup(resolve_device(settings.device), settings.train.dist_timeout)
+    shown = (progress or NullProgress()) if ctx.is_main else NullProgress()
     try:
-        return _train(settings, (progress or NullProgress()) if ctx.is_main else NullProgress(), resume, ctx, device)
+        return _train(settings, shown, resume, ctx, device)
     finally:
+        shown.stop()  # the display (and the terminal cursor) restored however training ends
         distributed.teardown()
 
 
@@ -388,10 +398,7 @@ def _train(settings: Settings, progress: TrainProgress, resume: Path | None, ctx
             loop, start = _prepare(settings, data, ctx, device, run_dir, gen, init, progress, stop)
             progress.start(run_dir=str(run_dir), epochs=settings.train.epochs, first_epoch=start.epoch + 1,
                            steps=loop.steps)  # fmt: skip
-            try:
-                loop.run(start)
-            finally:
-                progress.stop()
+            loop.run(start)
             return _finish(loop, started, start.epoch if gen is not None else None, warnings)
 
 
@@ -616,7 +623,8 @@ class _Loop:
             return None
         t = self.settings.train
         val = _evaluate(self.model, self.data.val, self.settings, self.template, self.ctx, self.device, amp=t.amp,
-                        channels_last=t.channels_last, features=self.val_feats)  # fmt: skip
+                        channels_last=t.channels_last, features=self.val_feats, tasks=self.progress,
+                        label=f"validation, epoch {epoch}")  # fmt: skip
         if not math.isfinite(val.loss):
             raise TrainingDiverged(
                 f"the validation loss became {val.loss} at epoch {epoch} (the weights have blown up); this epoch was "
@@ -694,9 +702,11 @@ def _wrap(loop: _Loop) -> None:
     if loop.cached:
         size, batch = loop.settings.model.image_size, loop.settings.eval.batch_size
         tick = time.perf_counter()
-        loop.train_feats = _features(model, loop.data.train.images, loop.template, size, batch, t.channels_last, t.amp)
+        args = (loop.template, size, batch, t.channels_last, t.amp, loop.progress)
+        loop.train_feats = _features(model, loop.data.train.images, *args, "training")
+        loop.val_feats = _features(model, loop.data.val.images, *args, "validation")
         loop.extract_s = time.perf_counter() - tick
-        loop.val_feats = _features(model, loop.data.val.images, loop.template, size, batch, t.channels_last, t.amp)
+        loop.train_time += loop.extract_s  # part of what training cost: counted in its time and images/s
     # Under torchrun, gradients are averaged by DistributedDataParallel: around the head alone when
     # the head trains on cached features, around the whole model otherwise.
     loop.head, loop.forward = model.fc, model
@@ -716,7 +726,8 @@ def _finish(loop: _Loop, started: float, resumed_from: int | None, warnings: lis
     run_dir = loop.ckpt.run_dir
     best_model, best_meta = load_model(run_dir / rundir.BEST)
     best_model.to(device)
-    test = _evaluate(best_model, data.test, settings, best_meta, ctx, device, amp="off", channels_last=False)
+    test = _evaluate(best_model, data.test, settings, best_meta, ctx, device, amp="off", channels_last=False,
+                     tasks=loop.progress, label="test, best checkpoint")  # fmt: skip
     cache_note = None
     if loop.cached and loop.head_times:
         n, head_s = len(loop.head_times), sum(loop.head_times)
@@ -737,6 +748,7 @@ def _finish(loop: _Loop, started: float, resumed_from: int | None, warnings: lis
         train_images=len(data.train), val_images=len(data.val), test_images=len(data.test),
         best_epoch=loop.best_epoch, best_val_top1=loop.best_top1 if len(data.val) else None,
         test_top1=test.top1_acc, test_top5=test.top5_acc, test_loss=test.loss, train_time_s=loop.train_time,
+        feature_extraction_s=loop.extract_s,
         total_time_s=time.perf_counter() - started, images_per_s=trained_images / max(loop.train_time, 1e-9),
         resumed_from_epoch=resumed_from, device=device_description(device), processes=ctx.world_size,
         history=history, warnings=warnings,
