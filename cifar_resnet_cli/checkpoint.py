@@ -30,6 +30,7 @@ from safetensors.torch import save as st_save
 from . import rundir
 from .errors import CheckpointError, TrainingDiverged, TrainingInterrupted
 from .fileio import atomic_write_bytes
+from .metrics import MetricsSinks
 from .weights import WeightsMeta, check_tensors, nonfinite_tensors, read_weights, save_weights, tensor_digest
 
 STATE_FORMAT = "2"  # 2: weights, optimiser, progress and history in one file (1 held no weights)
@@ -146,8 +147,9 @@ def meta_at(template: WeightsMeta, progress: Progress) -> WeightsMeta:
 class Checkpointer:
     """Saves generations of one run (rank 0 writes; every rank checks) and names the last good one."""
 
-    def __init__(self, run_dir: Path, template: WeightsMeta, *, write: bool) -> None:
+    def __init__(self, run_dir: Path, template: WeightsMeta, *, write: bool, sinks: MetricsSinks | None = None) -> None:
         self.run_dir, self.template, self.write = run_dir, template, write
+        self.sinks = sinks or MetricsSinks(run_dir, tensorboard=False)
         self.committed: Progress | None = None
 
     def last_good(self) -> str:
@@ -186,7 +188,7 @@ class Checkpointer:
         if progress.step_in_epoch == 0 and progress.best_epoch == progress.epoch and progress.epoch > 0:
             save_weights(self.run_dir / rundir.BEST, weights, meta)
         save_weights(self.run_dir / rundir.LAST, weights, meta)
-        rundir.write_metrics(self.run_dir, progress.history)
+        self.sinks.write(progress.history)
 
     def repair(self, gen: Generation) -> list[str]:
         """After a kill between the commit and the derived files: rewrite whichever is stale."""
@@ -200,7 +202,7 @@ class Checkpointer:
         if not self._holds(rundir.LAST, p):
             save_weights(self.run_dir / rundir.LAST, gen.weights, meta_at(self.template, p))
             fixed.append(rundir.LAST)
-        rundir.write_metrics(self.run_dir, p.history)
+        self.sinks.write(p.history)
         return fixed
 
     def _holds(self, name: str, progress: Progress) -> bool:

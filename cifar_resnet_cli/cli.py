@@ -461,6 +461,14 @@ def train_cmd(
     dist_timeout: Annotated[
         Optional[float], _opt("--dist-timeout", "torchrun: seconds before a stuck rank fails. (default: 600)")
     ] = None,
+    tensorboard: Annotated[
+        Optional[bool],
+        _opt(
+            "--tensorboard/--no-tensorboard",
+            "TensorBoard event files in RUN_DIR/tensorboard (tensorboard --logdir runs). "
+            "(default: on when the tensorboard package is installed)",
+        ),
+    ] = None,
     log_interval: Annotated[
         Optional[int],
         _opt(
@@ -555,6 +563,7 @@ def train_cmd(
         "train.seed": seed,
         "train.sync_bn": sync_bn,
         "train.dist_timeout": dist_timeout,
+        "train.tensorboard": tensorboard,
         "train.log_interval": log_interval,
         "train.checkpoint_every": checkpoint_every,
         "train.runs_dir": runs_dir,

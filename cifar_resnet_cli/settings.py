@@ -118,6 +118,9 @@ class TrainSettings(_Section):
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed for every random draw")
     sync_bn: bool = Field(False, description="torchrun: BatchNorm statistics over the global batch")
     dist_timeout: float = Field(600.0, gt=0, le=86_400, description="torchrun: seconds before a stuck rank fails")
+    tensorboard: bool | None = Field(
+        None, description="TensorBoard event files in RUN_DIR/tensorboard; unset: on when tensorboard is installed"
+    )
     log_interval: int = Field(
         50, ge=0, le=1_000_000, description="without a terminal: a log line every N steps; 0 = off"
     )

@@ -42,6 +42,7 @@ from .distributed import DistContext, DistributedError, all_reduce_sum, barrier,
 from .errors import CheckpointError, ConfigError, DownloadError, TrainingDiverged, TrainingInterrupted
 from .evaluate import Scores, autocast, evaluate_model, merge, score_logits
 from .fileio import remove_temporaries, sha256_file
+from .metrics import MetricsSinks, tensorboard_enabled
 from .model import ResNet, freeze_backbone, resnet34
 from .plots import PlotUnavailable, plot_curves
 from .progress import NoTasks, Tasks, task
@@ -51,7 +52,8 @@ from .weights import WeightsMeta, load_model, model_from_tensors
 __all__ = ["TrainResult", "TrainingDiverged", "TrainingInterrupted", "train"]
 
 # Settings that may change when a run is resumed (they do not change the result); others are refused.
-RESUMABLE_CHANGES = {("train", "epochs"), ("device",), ("train", "checkpoint_every"), ("train", "log_interval")}
+RESUMABLE_CHANGES = {("train", "epochs"), ("device",), ("train", "checkpoint_every"), ("train", "log_interval"),
+                     ("train", "tensorboard")}  # fmt: skip
 
 
 class EpochMetrics(BaseModel):
@@ -292,8 +294,8 @@ def settings_for_resume(run_dir: Path, overrides: dict[str, Any]) -> Settings:
         what = "; ".join(f"{'.'.join(k)}: {a!r} -> {b!r}" for k, a, b in refused)
         raise ConfigError(
             f"cannot resume {run_dir} with different settings ({what})",
-            "resume may only change --epochs, --device, --checkpoint-every and --log-interval; start a new run "
-            "for anything else",
+            "resume may change only --epochs, --device, --checkpoint-every, --log-interval and --tensorboard; "
+            "start a new run for anything else",
         )
     return settings
 
@@ -668,7 +670,8 @@ def _prepare(settings: Settings, data: CifarData, ctx: DistContext, device: torc
         model.to(memory_format=torch.channels_last)
     n_batches = math.ceil(len(data.train) / t.batch_size)
     steps = min(n_batches, t.limit_batches or n_batches)
-    ckpt = Checkpointer(run_dir, template.model_copy(update={"run": run_dir.name}), write=ctx.is_main)
+    sinks = MetricsSinks(run_dir, tensorboard=ctx.is_main and tensorboard_enabled(t.tensorboard))
+    ckpt = Checkpointer(run_dir, template.model_copy(update={"run": run_dir.name}), write=ctx.is_main, sinks=sinks)
     loop = _Loop(settings=settings, ctx=ctx, device=device, data=data, model=model,
                  optimizer=make_optimizer(model, settings),
                  scaler=torch.amp.GradScaler("cuda") if t.amp == "fp16" else None, ckpt=ckpt, progress=progress,
@@ -753,6 +756,7 @@ def _finish(loop: _Loop, started: float, resumed_from: int | None, warnings: lis
         resumed_from_epoch=resumed_from, device=device_description(device), processes=ctx.world_size,
         history=history, warnings=warnings,
     )  # fmt: skip
+    loop.ckpt.sinks.close()
     if ctx.is_main:
         try:
             plot_curves({run_dir.name: [h.model_dump() for h in history]}, run_dir / rundir.CURVES)

@@ -45,7 +45,7 @@ def test_short_fine_tune_learns_synthetic(cli, tmp_path: Path) -> None:
     assert (r.best_checkpoint, r.last_checkpoint) == ("runs/train/best.safetensors", "runs/train/last.safetensors")
     assert {p.name for p in run.iterdir()} == {
         "settings.json", "metrics.jsonl", "metrics.csv", "last.safetensors", "last.state.safetensors",
-        "best.safetensors", "summary.json", "curves.png",
+        "best.safetensors", "summary.json", "curves.png", "tensorboard",
     }  # fmt: skip
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
@@ -82,6 +82,25 @@ def test_eval_and_ablate_of_a_run_checkpoint_use_the_runs_data_folder(cli, tmp_p
     assert r.exit_code == 0 and not default.exists()
     r = cli("eval", "runs/train/best.safetensors", "--data-dir", tmp_path / "other", "--no-download", "--json")
     assert r.exit_code == 0 and (tmp_path / "other").is_dir()  # a flag still wins (synthetic is generated)
+
+
+def test_tensorboard_holds_each_epoch_once_after_a_resume(cli) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert cli("train", *TINY, "--epochs", "1", "--limit-batches", "1").exit_code == 0
+    assert cli("train", "--resume", "runs/train", "--epochs", "2").exit_code == 0
+    events = EventAccumulator("runs/train/tensorboard")
+    events.Reload()
+    rows = [json.loads(x) for x in Path("runs/train/metrics.jsonl").read_text().splitlines()]
+    for name, key in (("val/top1", "val_top1"), ("train/loss", "train_loss"), ("lr", "lr")):
+        scalars = events.Scalars(name)
+        assert [s.step for s in scalars] == [1, 2]
+        assert [s.value for s in scalars] == pytest.approx([r[key] for r in rows], rel=1e-6)  # stored as float32
+    assert (
+        cli("train", *TINY, "--epochs", "1", "--limit-batches", "1", "--no-tensorboard", "--name", "off").exit_code == 0
+    )
+    assert not Path("runs/off/tensorboard").exists()
 
 
 def test_eval_equals_an_independent_computation(cli, tmp_path: Path) -> None:
