@@ -964,6 +964,30 @@ def compare_cmd(
         report.render_compare(result)
 
 
+@app.command("config")
+def config_cmd(ctx: typer.Context, config: ConfigOpt = None, debug: DebugOpt = False, json: JsonOpt = False) -> None:
+    """Print the effective settings as TOML, with where each value came from.
+
+    Every command resolves its settings the same way: flags > CIFAR_RESNET_<SECTION>__<FIELD>
+    environment variables > --config FILE.toml (or ./cifar-resnet.toml) > defaults. The output can be
+    saved and passed back with --config.
+
+    Examples:
+
+      cifar-resnet config > my.toml
+
+      CIFAR_RESNET_TRAIN__LR=0.1 cifar-resnet config --config my.toml --json | jq '.settings[] | select(.key == "lr")'
+    """
+    from . import report
+    from .settings import describe_settings
+
+    result = _run(ctx, {}, lambda _s: describe_settings(_state(ctx).config))
+    if json:
+        report.print_json(result)
+    else:
+        report.render_config(result)
+
+
 def main() -> None:
     import warnings
 

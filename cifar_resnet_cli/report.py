@@ -525,3 +525,33 @@ def render_compare(result) -> None:
         out.print("The runs have the same settings (apart from names and paths).")
     if result.plot:
         out.print(f"plot: {result.plot}")
+
+
+# ---------------------------------------------------------------------------------------------
+# config
+# ---------------------------------------------------------------------------------------------
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_config(result) -> None:
+    """The effective settings as TOML that ``--config`` reads back; each value's origin as a comment."""
+    lines = [f"# effective settings; config file: {result.config_file or 'none'}"]
+    section = None
+    for s in result.settings:
+        if s.section != section:
+            section = s.section
+            lines += ["", f"[{section}]"]
+        if s.value is None:  # TOML has no null: an unset value stays a comment
+            lines.append(f"# {s.key} = (unset)  # {s.origin}")
+        else:
+            lines.append(f"{s.key} = {_toml_value(s.value)}  # {s.origin}")
+    out.print("\n".join(lines), highlight=False, markup=False, soft_wrap=True)

@@ -309,3 +309,39 @@ def _invalid(exc: ValidationError, overrides: dict[str, Any], toml_file: Path | 
     shown = "" if isinstance(value, dict) else f" = {value!r}"
     message = f"{flag}{shown} {where}: {err['msg']} (set with {flag}, {env} or {toml} in TOML)"
     return InvalidSettingError(message.replace("  ", " "), option=flag)
+
+
+class SettingValue(BaseModel):
+    section: str | None  # None for top-level settings (device)
+    key: str
+    value: Any
+    origin: str  # "default", "environment (NAME)", "file PATH", or "command line"
+
+
+class ConfigResult(BaseModel):
+    """The effective settings, each with where its value came from (``cifar-resnet config``)."""
+
+    config_file: str | None
+    settings: list[SettingValue]
+
+
+def describe_settings(config: Path | None = None) -> ConfigResult:
+    """Resolve the settings as every command does (without flags) and say where each value came from."""
+    settings = load_settings(config)
+    toml_file = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    in_file = tomllib.loads(toml_file.read_text(encoding="utf-8")) if toml_file is not None else {}
+    env = {k.upper() for k in os.environ}
+    rows = []
+    for name, value in settings.model_dump(mode="json").items():
+        section, items = (name, value.items()) if isinstance(value, dict) else (None, [(name, value)])
+        for key, v in items:
+            loc = (section, key) if section else (key,)
+            env_name = option_names(loc)[1]
+            if env_name in env:
+                origin = f"environment ({env_name})"
+            elif (in_file.get(section, {}) if section else in_file).get(key) is not None:
+                origin = f"file {toml_file}"
+            else:
+                origin = "default"
+            rows.append(SettingValue(section=section, key=key, value=v, origin=origin))
+    return ConfigResult(config_file=str(toml_file) if toml_file else None, settings=rows)

@@ -57,6 +57,22 @@ def test_config_and_debug_after_the_command(cli, tmp_path: Path) -> None:
     assert r.exit_code == 1 and "Traceback" not in r.stderr
 
 
+def test_config_prints_the_effective_settings_with_their_origins(cli, tmp_path: Path) -> None:
+    config = _toml(tmp_path / "c.toml", "[model]\nimage_size = 64\n")
+    r = cli("config", "--config", config, env={"CIFAR_RESNET_TRAIN__LR": "0.1"})
+    assert r.exit_code == 0, r.stderr
+    assert (
+        f"image_size = 64  # file {config}" in r.stdout
+        and "lr = 0.1  # environment (CIFAR_RESNET_TRAIN__LR)" in r.stdout
+    )
+    assert 'stem = "imagenet"  # default' in r.stdout and "# data_dir = (unset)  # default" in r.stdout
+    saved = tmp_path / "effective.toml"
+    saved.write_text(r.stdout)  # what it prints reads back as the same settings
+    again = cli.json("config", "--config", saved)
+    first = cli.json("config", "--config", config, env={"CIFAR_RESNET_TRAIN__LR": "0.1"})
+    assert [(x["key"], x["value"]) for x in again["settings"]] == [(x["key"], x["value"]) for x in first["settings"]]
+
+
 def test_local_cifar_resnet_toml_is_read(tmp_path: Path) -> None:
     _toml(tmp_path / "cifar-resnet.toml", '[data]\ndataset = "cifar100"\n')  # tests run in tmp_path
     assert load_settings().num_classes == 100
