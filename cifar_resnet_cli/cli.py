@@ -7,6 +7,7 @@ No torch logic lives here. Core modules are imported inside the commands, so tha
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, StrEnum
@@ -14,16 +15,26 @@ from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
 import typer
+import typer.core
 from pydantic import BaseModel
 
 from . import __version__
 from .errors import CifarResnetError
 
+
+class _Command(typer.core.TyperCommand):
+    """Usage lines in the usual notation: CHECKPOINT required, [CHECKPOINT] optional (Typer writes a
+    required argument as {CHECKPOINT})."""
+
+    def collect_usage_pieces(self, ctx):  # click's hook for the usage line
+        return [re.sub(r"^\{(.*)\}", r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
+
+
 app = typer.Typer(
     name="cifar-resnet",
     help="Transfer learning with a torchvision-exact ResNet34 on CIFAR-10 and CIFAR-100.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -181,7 +192,7 @@ def _fail(ctx: typer.Context, exc: CifarResnetError) -> None:
     raise typer.Exit(exc.exit_code)
 
 
-@app.command("inspect")
+@app.command("inspect", cls=_Command)
 def inspect_cmd(
     ctx: typer.Context,
     stem: StemOpt = None,
@@ -196,11 +207,22 @@ def inspect_cmd(
         ),
     ] = None,
     depth: Annotated[
-        int, typer.Option("--depth", min=1, max=3, help="Table rows: 1 stages, 2 blocks, 3 every layer.")
+        int,
+        typer.Option(
+            "--depth",
+            min=1,
+            max=3,
+            show_default=False,
+            help="Table rows: 1 stages, 2 blocks, 3 every layer. (default: 2)",
+        ),
     ] = 2,
     tensors: Annotated[
         TensorListing,
-        typer.Option("--tensors", help="Tensor comparison: list only differing names, or all of them."),
+        typer.Option(
+            "--tensors",
+            show_default=False,
+            help="Tensor comparison: list only differing names, or all of them. (default: diff)",
+        ),
     ] = TensorListing.diff,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
@@ -252,10 +274,10 @@ def inspect_cmd(
         )
 
 
-@app.command("port")
+@app.command("port", cls=_Command)
 def port_cmd(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option("--out", "-o", help="The .safetensors file to write.")],
+    out: Annotated[Path, typer.Option("--out", "-o", "--output", help="The .safetensors file to write.")],
     weights: Annotated[
         Optional[str],
         typer.Option(
@@ -370,11 +392,12 @@ ValSizeOpt = Annotated[
 ]
 
 
-def _opt(flag: str, help: str, **kw: Any) -> Any:
-    return typer.Option(flag, help=help, **kw)
+def _opt(flag: str, help: str, *aliases: str, **kw: Any) -> Any:
+    """An option with its help; ``aliases`` are the other spellings people know (``-b``, ``--opt``)."""
+    return typer.Option(flag, *aliases, help=help, **kw)
 
 
-@app.command("train")
+@app.command("train", cls=_Command)
 def train_cmd(
     ctx: typer.Context,
     dataset: DatasetOpt = None,
@@ -397,9 +420,9 @@ def train_cmd(
     freeze_backbone: Annotated[
         Optional[bool],
         _opt(
-            "--freeze-backbone/--fine-tune",
+            "--freeze-backbone/--no-freeze-backbone",
             "Feature extraction (only fc trains, BatchNorm statistics fixed) or "
-            "fine-tuning of every layer. (default: fine-tune)",
+            "fine-tuning of every layer (--no-freeze-backbone). (default: fine-tuning)",
         ),
     ] = None,
     backbone_lr_scale: Annotated[
@@ -414,17 +437,21 @@ def train_cmd(
             "--batch-size",
             "Images per optimisation step, all processes together: under torchrun "
             "each of N processes takes 1/N of it. (default: 128)",
+            "-b",
         ),
     ] = None,
     lr: Annotated[Optional[float], _opt("--lr", "Peak learning rate. (default: 0.05)")] = None,
-    optimizer: Annotated[Optional[Optim], _opt("--optimizer", "SGD with momentum, or AdamW. (default: sgd)")] = None,
+    optimizer: Annotated[
+        Optional[Optim], _opt("--optimizer", "SGD with momentum, or AdamW. (default: sgd)", "--opt")
+    ] = None,
     momentum: Annotated[Optional[float], _opt("--momentum", "SGD momentum / AdamW beta1. (default: 0.9)")] = None,
     nesterov: Annotated[Optional[bool], _opt("--nesterov/--no-nesterov", "Nesterov momentum. (default: on)")] = None,
     weight_decay: Annotated[
         Optional[float], _opt("--weight-decay", "Not applied to BatchNorm and biases. (default: 5e-4)")
     ] = None,
     schedule: Annotated[
-        Optional[Schedule], _opt("--schedule", "Learning-rate schedule, stepped per iteration. (default: cosine)")
+        Optional[Schedule],
+        _opt("--schedule", "Learning-rate schedule, stepped per iteration. (default: cosine)", "--sched"),
     ] = None,
     warmup_epochs: Annotated[Optional[float], _opt("--warmup-epochs", "Linear warm-up. (default: 0)")] = None,
     step_size: Annotated[Optional[int], _opt("--step-size", "step: epochs per decay. (default: epochs/3)")] = None,
@@ -444,7 +471,7 @@ def train_cmd(
     compile: Annotated[Optional[bool], _opt("--compile/--no-compile", "torch.compile the model.")] = None,
     deterministic: Annotated[
         Optional[bool],
-        _opt("--deterministic/--no-deterministic", "Deterministic kernels only (torch: use_deterministic_algorithms)."),
+        _opt("--deterministic/--no-deterministic", "Deterministic algorithms only (slower)."),
     ] = None,
     limit_batches: Annotated[Optional[int], _opt("--limit-batches", "At most this many steps per epoch.")] = None,
     cache_features: Annotated[
@@ -587,10 +614,12 @@ def train_cmd(
         report.render_train(result)
 
 
-@app.command("eval")
+@app.command("eval", cls=_Command)
 def eval_cmd(
     ctx: typer.Context,
-    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint (from train or port).")],
+    checkpoint: Annotated[
+        Path, typer.Argument(metavar="CHECKPOINT", help="A .safetensors checkpoint (from train or port).")
+    ],
     dataset: Annotated[
         Optional[DatasetName], typer.Option("--dataset", help="Dataset to evaluate on. (default: the checkpoint's)")
     ] = None,
@@ -599,7 +628,7 @@ def eval_cmd(
     split: Annotated[
         Optional[Split], _opt("--split", "test, or the validation split held out in training. (default: test)")
     ] = None,
-    batch_size: Annotated[Optional[int], _opt("--batch-size", "Images per batch. (default: 512)")] = None,
+    batch_size: Annotated[Optional[int], _opt("--batch-size", "Images per batch. (default: 512)", "-b")] = None,
     tta: Annotated[Optional[bool], _opt("--tta/--no-tta", "Average with the mirrored image. (default: off)")] = None,
     confusion: Annotated[Optional[Path], _opt("--confusion", "Write the confusion matrix to this CSV file.")] = None,
     confusion_plot: Annotated[
@@ -667,10 +696,12 @@ def _csv_list(value: str | None, option: str, cast: Callable[[str], Any] = str) 
         raise typer.BadParameter(f"{value!r} is not a comma-separated list", param_hint=f"'{option}'") from None
 
 
-@app.command("export")
+@app.command("export", cls=_Command)
 def export_cmd(
     ctx: typer.Context,
-    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint (from train or port).")],
+    checkpoint: Annotated[
+        Path, typer.Argument(metavar="CHECKPOINT", help="A .safetensors checkpoint (from train or port).")
+    ],
     method: Annotated[
         Optional[list[ExportMethod]],
         _opt(
@@ -688,7 +719,8 @@ def export_cmd(
         Optional[bool], _opt("--channels-last/--no-channels-last", "NHWC inside the archive. (default: off)")
     ] = None,
     out: Annotated[
-        Optional[Path], _opt("--out", "Folder for the archives, made when missing. (default: exports)")
+        Optional[Path],
+        _opt("--out", "Folder for the archives, made when missing. (default: exports)", "-o", "--output"),
     ] = None,
     example_batch: Annotated[Optional[int], _opt("--example-batch", "Tracing example batch size. (default: 2)")] = None,
     verify_batch: Annotated[
@@ -754,14 +786,15 @@ def export_cmd(
         report.render_export(result)
 
 
-@app.command("bench")
+@app.command("bench", cls=_Command)
 def bench_cmd(
     ctx: typer.Context,
     checkpoint: Annotated[
         Optional[Path],
         typer.Argument(
+            metavar="CHECKPOINT",
             help="A .safetensors checkpoint, or an archive from `export` (timed alone, exactly as shipped); "
-            "without one, a random-initialised model."
+            "without one, a random-initialised model.",
         ),
     ] = None,
     variants: Annotated[
@@ -830,17 +863,27 @@ class ResizeMode(StrEnum):
     stretch = "stretch"
 
 
-@app.command("predict")
+@app.command("predict", cls=_Command)
 def predict_cmd(
     ctx: typer.Context,
-    model: Annotated[Path, typer.Argument(help="A .safetensors checkpoint or a TorchScript archive from export.")],
-    images: Annotated[list[Path], typer.Argument(help="Image files and/or directories.")],
+    model: Annotated[
+        Path, typer.Argument(metavar="MODEL", help="A .safetensors checkpoint or a TorchScript archive from export.")
+    ],
+    images: Annotated[list[Path], typer.Argument(metavar="IMAGES", help="Image files and/or directories.")],
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Walk directories recursively.")] = False,
-    top_k: Annotated[int, _opt("--top-k", "Classes shown per image.", min=1)] = 3,
+    top_k: Annotated[int, _opt("--top-k", "Classes shown per image. (default: 3)", min=1, show_default=False)] = 3,
     resize: Annotated[
-        ResizeMode, _opt("--resize", "crop: keep the aspect ratio and crop the centre; stretch: resize both sides.")
+        ResizeMode,
+        _opt(
+            "--resize",
+            "crop: keep the aspect ratio and crop the centre; stretch: resize both sides. (default: crop)",
+            show_default=False,
+        ),
     ] = ResizeMode.crop,
-    batch_size: Annotated[int, _opt("--batch-size", "Images per forward pass.", min=1)] = 64,
+    batch_size: Annotated[
+        int,
+        typer.Option("--batch-size", "-b", help="Images per forward pass. (default: 64)", min=1, show_default=False),
+    ] = 64,
     csv: Annotated[Optional[Path], _opt("--csv", "Also write the predictions to this CSV file.")] = None,
     device: DeviceOpt = None,
     config: ConfigOpt = None,
@@ -882,10 +925,10 @@ def predict_cmd(
                                     f"see {where}"))  # fmt: skip
 
 
-@app.command("ablate")
+@app.command("ablate", cls=_Command)
 def ablate_cmd(
     ctx: typer.Context,
-    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint (from train).")],
+    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A .safetensors checkpoint (from train).")],
     split: Annotated[Optional[Split], _opt("--split", "Images to measure on. (default: test)")] = None,
     limit: Annotated[Optional[int], _opt("--limit", "Use only the first N images, for a quick look.", min=1)] = None,
     plot: Annotated[Optional[Path], _opt("--plot", "Bar chart of the drops (PNG, needs matplotlib).")] = None,
@@ -894,7 +937,7 @@ def ablate_cmd(
     ] = None,
     data_dir: DataDirOpt = None,
     download: DownloadOpt = None,
-    batch_size: Annotated[Optional[int], _opt("--batch-size", "Images per batch. (default: 512)")] = None,
+    batch_size: Annotated[Optional[int], _opt("--batch-size", "Images per batch. (default: 512)", "-b")] = None,
     device: DeviceOpt = None,
     config: ConfigOpt = None,
     debug: DebugOpt = False,
@@ -933,11 +976,14 @@ class SortKey(StrEnum):
     run = "run"
 
 
-@app.command("compare")
+@app.command("compare", cls=_Command)
 def compare_cmd(
     ctx: typer.Context,
-    runs: Annotated[list[Path], typer.Argument(help="Run directories made by train.")],
-    sort: Annotated[SortKey, _opt("--sort", "Order of the rows (metrics: highest first).")] = SortKey.best_val_top1,
+    runs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="Run directories made by train.")],
+    sort: Annotated[
+        SortKey,
+        _opt("--sort", "Order of the rows (metrics: highest first). (default: best_val_top1)", show_default=False),
+    ] = SortKey.best_val_top1,
     plot: Annotated[
         Optional[Path], _opt("--plot", "Learning curves of every run in one PNG (needs matplotlib).")
     ] = None,
@@ -964,7 +1010,7 @@ def compare_cmd(
         report.render_compare(result)
 
 
-@app.command("config")
+@app.command("config", cls=_Command)
 def config_cmd(ctx: typer.Context, config: ConfigOpt = None, debug: DebugOpt = False, json: JsonOpt = False) -> None:
     """Print the effective settings as TOML, with where each value came from.
 

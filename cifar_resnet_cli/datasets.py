@@ -194,7 +194,7 @@ def _download(name: str, root: Path, layout: Layout) -> None:
         raise DownloadError(
             f"could not download {name} into {root} ({type(exc).__name__}: {exc})",
             f"offline, put the official python-version files ({', '.join(layout.files)}) into "
-            f"{root / layout.folder}, or use --dataset synthetic",
+            f"{root / layout.folder}, or pass --data-dir with a folder that holds {layout.folder}/",
         ) from None
 
 

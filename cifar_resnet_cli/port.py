@@ -10,6 +10,7 @@ the serialised bytes are loaded back into a fresh model and compared with the in
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -152,7 +153,9 @@ def _download_imagenet(weights: str) -> _Source:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
             # torch.hub's own downloader: temporary file, sha256-prefix check, rename.
-            torch.hub.download_url_to_file(enum.url, str(cached), match.group(1) if match else None, progress=False)
+            # Its progress bar goes to stderr, and only to a terminal.
+            prefix = match.group(1) if match else None
+            torch.hub.download_url_to_file(enum.url, str(cached), prefix, progress=sys.stderr.isatty())
         except Exception as exc:  # URLError, HTTPError, socket errors, hash mismatch, read-only cache
             raise DownloadError(
                 f"could not download ResNet34_Weights.{weights} from {enum.url} ({exc})",
@@ -275,7 +278,10 @@ def port_weights(
     warnings = []
     if not source.pretrained:
         warnings.append("--weights none: these weights are RANDOM, NOT PRETRAINED; use them only for tests and demos")
-    if stem == "imagenet" and parity[-2].shape[-1] == 1:  # layer4 is parity[-2]; features last
+    # The defaults (imagenet stem, 32 px) are the documented main path and stay quiet; a size or stem
+    # the user chose that leaves layer4 (parity[-2]) at 1x1 is worth a word.
+    chosen = settings.model.model_fields_set & {"stem", "image_size"}
+    if chosen and stem == "imagenet" and parity[-2].shape[-1] == 1:
         warnings.append(
             f"at {size} px the imagenet stem leaves a 1x1 final feature map; consider --stem cifar "
             "or a larger --image-size for transfer"

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import squash
 
 from cifar_resnet_cli import __version__
 from cifar_resnet_cli.inspection import InspectResult
@@ -114,3 +115,22 @@ def test_every_train_flag_reaches_the_settings(cli, monkeypatch) -> None:
         s.removeprefix("--no-").removeprefix("--").replace("-", "_") for s in switches
     }
     assert {c.split(".")[-1] for c in changed} >= field, field - {c.split(".")[-1] for c in changed}
+
+
+def test_familiar_spellings_and_one_default_notation(cli) -> None:
+    from typer.main import get_command
+
+    from cifar_resnet_cli.cli import app
+
+    group = get_command(app)
+    train = group.commands["train"]
+    names = {o for p in train.params for o in (*p.opts, *p.secondary_opts)}
+    assert {"-b", "--opt", "--sched", "--no-freeze-backbone"} <= names
+    assert {"-o", "--output"} <= {o for p in group.commands["export"].params for o in p.opts}
+    assert {"-o", "--output"} <= {o for p in group.commands["port"].params for o in p.opts}
+    for name in ("inspect", "port", "train", "eval", "export", "bench", "predict", "ablate", "compare", "config"):
+        text = squash(cli(name, "--help").stdout)
+        assert "[default:" not in text, name  # one notation: "(default: x)"
+        assert "{" not in text.split("Usage:")[1].split(" ")[3], name  # CHECKPOINT, not {checkpoint}
+    assert "Usage: cifar-resnet eval [OPTIONS] CHECKPOINT" in squash(cli("eval", "--help").stdout)
+    assert "--install-completion" in cli("--help").stdout

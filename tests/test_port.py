@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from conftest import squash
 from safetensors import safe_open
 
 from cifar_resnet_cli import port as port_module
@@ -99,6 +100,9 @@ def test_weights_none_is_loudly_random(cli, tmp_path: Path) -> None:
     assert meta.pretrained is False and meta.source_sha256 == "none"
     assert meta.mean == CIFAR_STATS["synthetic"][0]
     assert meta.class_names[0] == "synthetic_0"
+    assert "1x1" not in result.stderr  # the defaults do not warn about themselves
+    chosen = cli("port", "--weights", "none", "--dataset", "synthetic", "--out", out, "--force", "--image-size", "32")
+    assert chosen.exit_code == 0 and "1x1 final feature map" in squash(chosen.stderr)
 
 
 def test_imagenet_weights_from_the_torch_hub_cache(cli, resnet34_pth: Path, tmp_path: Path) -> None:
