@@ -74,7 +74,7 @@ def render_inspect(result: InspectResult, *, tensors: str = "diff") -> None:
         ("trainable", "left"),
         ("FLOPs", "right"),
     ):
-        layers.add_column(col, justify=justify)  # type: ignore[arg-type]
+        layers.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for row in result.layers:
         indent = "  " * row.name.count(".")
         layers.add_row(
@@ -146,7 +146,7 @@ def render_parity(rows: list, tolerance: float, title: str) -> None:
 def render_port(result: PortResult) -> None:
     table = Table(title=f"Ported to {result.out}", title_justify="left", show_header=False)
     table.add_column("what")
-    table.add_column("value")
+    table.add_column("value", overflow="fold")
     source_style = "green" if result.pretrained else "bold red"
     table.add_row("source", Text(result.source, style=source_style))
     table.add_row("source sha256", result.source_sha256)

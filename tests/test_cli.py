@@ -134,3 +134,10 @@ def test_familiar_spellings_and_one_default_notation(cli) -> None:
         assert "{" not in text.split("Usage:")[1].split(" ")[3], name  # CHECKPOINT, not {checkpoint}
     assert "Usage: cifar-resnet eval [OPTIONS] CHECKPOINT" in squash(cli("eval", "--help").stdout)
     assert "--install-completion" in cli("--help").stdout
+
+
+def test_tables_fit_80_columns_without_cutting_values(cli, tmp_path: Path) -> None:
+    out = tmp_path / "w.safetensors"
+    for args in (["inspect", "--depth", "3"], ["port", "--weights", "none", "--dataset", "synthetic", "--out", out]):
+        r = cli(*args)  # the test runner's console is 80 columns wide
+        assert r.exit_code == 0 and "…" not in r.stdout, args

@@ -174,9 +174,12 @@ def test_a_wrong_variant_is_reported_as_wrong(tmp_path: Path) -> None:
 
 
 def test_bench_times_an_archive_exactly_as_shipped(cli, checkpoint: Path, tmp_path: Path) -> None:
-    exported = cli.json("export", checkpoint, "--method", "trace", "--out", tmp_path / "exports")
-    archive = exported["archives"][0]["path"]
+    exported = cli.json("export", checkpoint, "--method", "all", "--out", tmp_path / "exports")
     common = ["--batch-sizes", "1,2", "--warmup", "0", "--iters", "3"]
+    for other in exported["archives"][1:]:  # every archive kind export writes
+        rows = cli.json("bench", other["path"], *common)["timings"]
+        assert [r["variant"] for r in rows] == [f"archive ({other['method']})"] * 2 and all(r["median_s"] for r in rows)
+    archive = exported["archives"][0]["path"]
     result = BenchResult.model_validate(cli.json("bench", archive, *common, "--csv", tmp_path / "b.csv"))
     assert [(t.variant, t.dtype, t.batch_size) for t in result.timings] == [("archive (trace)", "fp32", 1),
                                                                           ("archive (trace)", "fp32", 2)]  # fmt: skip
