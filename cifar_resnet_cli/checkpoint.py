@@ -175,14 +175,13 @@ class Checkpointer:
                 f"last good checkpoint: {self.last_good()}",
                 "lower --lr, add --warmup-epochs or --label-smoothing, or turn off --amp fp16",
             )
+        meta = meta_at(self.template, progress)
         if self.write:
-            meta = meta_at(self.template, progress)
-            atomic_write_bytes(
-                self.run_dir / rundir.LAST_STATE, state_bytes(weights, meta, optimizer, scaler, progress)
-            )
-            self.committed = progress
-            self._derive(weights, meta, progress)
+            data = state_bytes(weights, meta, optimizer, scaler, progress)
+            atomic_write_bytes(self.run_dir / rundir.LAST_STATE, data)  # the commit
         self.committed = progress
+        if self.write:
+            self._derive(weights, meta, progress)
 
     def _derive(self, weights: dict[str, torch.Tensor], meta: WeightsMeta, progress: Progress) -> None:
         if progress.step_in_epoch == 0 and progress.best_epoch == progress.epoch and progress.epoch > 0:
