@@ -83,40 +83,49 @@ def test_sigterm_mid_epoch_saves_and_the_resume_is_exact(reference: Path, tmp_pa
     run = tmp_path / "runs" / "signalled"
     proc = _start(tmp_path, *RUN, *EVERY_2, "--name", "signalled")
     _wait_for(lambda: (run / rundir.LAST_STATE).is_file(), proc)  # the first checkpoint: step 2 is done
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)  # normally lands during step 3 (a slow machine may reach step 4)
     returncode, err = _finish(proc)
     assert returncode == 143, err
     err = squash(err)
-    assert "SIGTERM: saving a resumable state" in err and "Error: SIGTERM: stopped at epoch 1, step 3/4" in err
+    assert "SIGTERM: saving a resumable state" in err and "Error: SIGTERM: stopped" in err
     assert "resume with: cifar-resnet train --resume" in err and "Traceback" not in err
     stopped = read_generation(run).progress
-    assert (stopped.epoch, stopped.step_in_epoch, stopped.partial["samples"]) == (0, 3, 150)
+    if stopped.step_in_epoch:  # inside epoch 1: the partial sums of the epoch are in the checkpoint
+        assert stopped.epoch == 0 and stopped.partial["samples"] == 50 * stopped.step_in_epoch
+        assert f"stopped at epoch 1, step {stopped.step_in_epoch}/4" in err
     _resume(tmp_path, run)
     assert_same_run(reference, run)
     assert [r["train_samples"] for r in rundir.read_jsonl(run / rundir.METRICS)] == [200, 200]
 
 
-def test_kill_9_inside_the_first_epoch_loses_at_most_a_step(reference: Path, tmp_path: Path) -> None:
+def test_kill_9_inside_the_first_epoch_then_resume(reference: Path, tmp_path: Path) -> None:
     run = tmp_path / "runs" / "killed"
     proc = _start(tmp_path, *RUN, *EVERY_2, "--name", "killed")
-    _wait_for(lambda: (run / rundir.LAST_STATE).is_file(), proc)
+    _wait_for(lambda: (run / rundir.LAST_STATE).is_file(), proc)  # step 2's checkpoint: inside epoch 1
     proc.kill()
     _finish(proc)
-    assert read_generation(run).progress.epoch == 0  # killed inside epoch 1, with a checkpoint
+    assert read_generation(run).progress.global_step < 8  # killed with work left, a checkpoint on disk
     _resume(tmp_path, run)
     assert_same_run(reference, run)
 
 
 def test_kill_9_in_the_middle_of_a_save(reference: Path, tmp_path: Path) -> None:
+    """Kill while the checkpoint's temporary file is being written (seen on disk, not yet renamed).
+    A kill that arrives just after the rename misses; then the run is resumed and killed again."""
     run = tmp_path / "runs" / "torn"
     proc = _start(tmp_path, *RUN, *EVERY_2, "--name", "torn")
-    _wait_for(lambda: (run / rundir.LAST_STATE).is_file(), proc)  # so that the next save replaces one
-    temporary = _wait_for(lambda: list(run.glob(".last.state.safetensors.*.tmp")), proc, poll=0.0005)
-    proc.kill()
-    _finish(proc)
-    assert any(p.exists() for p in temporary), "the kill did not land inside a save"
+    for _attempt in range(3):
+        _wait_for(lambda: (run / rundir.LAST_STATE).is_file(), proc)  # so that the save replaces one
+        temporary = _wait_for(lambda: list(run.glob(".last.state.safetensors.*.tmp")), proc, poll=0.0005)
+        proc.kill()
+        _finish(proc)
+        if any(p.exists() for p in temporary):
+            break
+        proc = _start(tmp_path, "train", "--resume", str(run.relative_to(tmp_path)))
+    else:
+        pytest.fail("three kills in a row missed the save they aimed at")
     read_generation(run)  # the previous generation is intact
-    _resume(tmp_path, run)
+    _resume(tmp_path, run)  # and removes the torn temporary file
     assert_same_run(reference, run)
 
 
