@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from torch import Tensor, nn
 
 from . import __version__
@@ -182,12 +182,7 @@ def load_archive(
     fields = {k: v for k, v in data.items() if k in WeightsMeta.model_fields}
     if optimize and data.get("export_method") == "frozen":
         module = torch.jit.optimize_for_inference(module)
-    try:
-        meta = WeightsMeta.model_validate(fields)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise CheckpointError(f"{path} has invalid metadata: {problems}") from None
-    return module, meta, data
+    return module, WeightsMeta.checked(fields, path), data
 
 
 def _suffix(method: str, dtype: str, channels_last: bool) -> str:

@@ -108,6 +108,11 @@ class WeightsMeta(BaseModel):
                 values[name] = None if raw == "null" else raw
             else:
                 values[name] = _json_or_raw(raw)
+        return cls.checked(values, path)
+
+    @classmethod
+    def checked(cls, values: Mapping[str, object], path: Path) -> WeightsMeta:
+        """Validated metadata, or a CheckpointError naming the file and every field out of range."""
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
