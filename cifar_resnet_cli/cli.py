@@ -516,7 +516,11 @@ def train_cmd(
     name: Annotated[Optional[str], _opt("--name", "Run directory name, auto-numbered. (default: train)")] = None,
     resume: Annotated[
         Optional[Path],
-        _opt("--resume", "Continue RUN_DIR exactly where it stopped (only --epochs and --device may change)."),
+        _opt(
+            "--resume",
+            "Continue RUN_DIR exactly where it stopped; only --epochs, --device, --checkpoint-every, "
+            "--log-interval and --tensorboard may change.",
+        ),
     ] = None,
     device: DeviceOpt = None,
     config: ConfigOpt = None,
@@ -909,11 +913,11 @@ def predict_cmd(
     from .predict import predict_images
 
     flags = {"device": device}
-    progress = report.CountProgress("classifying")
-    result = _run(ctx, flags, lambda s: predict_images(
-        s, model, images, recursive=recursive, top_k=top_k, resize=resize.value, batch_size=batch_size,
-        csv_path=csv, progress=progress,
-    ))  # fmt: skip
+    with report.TaskBars() as bars:
+        result = _run(ctx, flags, lambda s: predict_images(
+            s, model, images, recursive=recursive, top_k=top_k, resize=resize.value, batch_size=batch_size,
+            csv_path=csv, tasks=bars,
+        ))  # fmt: skip
     report.print_warnings(result.warnings)
     if json:
         report.print_json(result)

@@ -11,7 +11,6 @@ import csv
 import io
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -22,6 +21,7 @@ from .devices import device_description, resolve_device
 from .errors import CheckpointError, CifarResnetError
 from .export import is_archive, load_archive
 from .fileio import atomic_write_bytes, check_writable
+from .progress import Tasks, task
 from .settings import Settings
 from .weights import load_model
 
@@ -50,18 +50,6 @@ class PredictResult(BaseModel):
     failed: int
     csv: str | None
     warnings: list[str]
-
-
-class PredictProgress(Protocol):
-    def start(self, total: int) -> None: ...
-    def advance(self, n: int) -> None: ...
-    def stop(self) -> None: ...
-
-
-class _Silent:
-    def start(self, total: int) -> None: ...
-    def advance(self, n: int) -> None: ...
-    def stop(self) -> None: ...
 
 
 def image_extensions() -> set[str]:
@@ -118,10 +106,9 @@ def predict_images(
     resize: str = "crop",
     batch_size: int = 64,
     csv_path: Path | None = None,
-    progress: PredictProgress | None = None,
+    tasks: Tasks | None = None,
 ) -> PredictResult:
     """Classify images; unreadable files get an error in their row."""
-    progress = progress or _Silent()
     if top_k < 1:
         raise CifarResnetError("--top-k must be at least 1")
     if csv_path is not None:
@@ -149,21 +136,17 @@ def predict_images(
         predictions[i].width, predictions[i].height, predictions[i].mode = width, height, mode
         ready.append((i, fit_image(image, meta.image_size, resize)))
 
-    progress.start(len(files))
-    progress.advance(len(files) - len(ready))
-    try:
-        with torch.inference_mode():
-            for batch in _batches(ready, batch_size):
-                x = preprocess(torch.stack([t for _, t in batch]).to(device), meta.mean, meta.std, meta.image_size)
-                probs = model(x).float().softmax(1)
-                values, indices = probs.topk(k, dim=1)
-                for (i, _), v, idx in zip(batch, values.tolist(), indices.tolist(), strict=True):
-                    predictions[i].top = [
-                        Guess(label=meta.class_names[j], index=j, probability=p) for p, j in zip(v, idx, strict=True)
-                    ]
-                progress.advance(len(batch))
-    finally:
-        progress.stop()
+    with task(tasks, f"classifying {len(files)} images", len(files)) as bar, torch.inference_mode():
+        bar.advance(len(files) - len(ready))  # the unreadable ones
+        for batch in _batches(ready, batch_size):
+            x = preprocess(torch.stack([t for _, t in batch]).to(device), meta.mean, meta.std, meta.image_size)
+            probs = model(x).float().softmax(1)
+            values, indices = probs.topk(k, dim=1)
+            for (i, _), v, idx in zip(batch, values.tolist(), indices.tolist(), strict=True):
+                predictions[i].top = [
+                    Guess(label=meta.class_names[j], index=j, probability=p) for p, j in zip(v, idx, strict=True)
+                ]
+            bar.advance(len(batch))
 
     if csv_path is not None:
         buf = io.StringIO()

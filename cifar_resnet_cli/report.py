@@ -439,30 +439,6 @@ def render_bench(result) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-class CountProgress:
-    """A progress bar over items on stderr, shown only for more than a handful of them."""
-
-    def __init__(self, what: str, threshold: int = 16) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._progress = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                  console=err, transient=True)  # fmt: skip
-        self._threshold = threshold
-        self._task = None
-
-    def start(self, total: int) -> None:
-        if total > self._threshold:
-            self._progress.start()
-            self._task = self._progress.add_task("", total=total)
-
-    def advance(self, n: int) -> None:
-        if self._task is not None:
-            self._progress.advance(self._task, n)
-
-    def stop(self) -> None:
-        self._progress.stop()
-
-
 def render_predict(result) -> None:
     table = Table(title=f"{result.model} ({result.image_size} px, {result.resize}, {result.device})",
                   title_justify="left")  # fmt: skip

@@ -39,9 +39,9 @@ _EVERY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(steps?|m|min|minutes?)?\s*$")
 
 def parse_checkpoint_every(value: str) -> tuple[int | None, float | None]:
     """``"200"`` -> (200 steps, None); ``"5m"`` -> (None, 300 s); ``"0"`` -> (None, None): epoch ends only."""
-    match = _EVERY.match(str(value).lower())
     if str(value).strip().lower() in ("0", "off", "epoch"):
         return None, None
+    match = _EVERY.match(str(value).lower())
     if match is None:
         raise ValueError(f"{value!r}: give steps (200), minutes (5m), or 0 for epoch ends only")
     number, unit = float(match.group(1)), match.group(2) or "steps"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from rich.console import Console
 
 from cifar_resnet_cli import report
@@ -13,6 +15,7 @@ from cifar_resnet_cli.ablate import ablate
 from cifar_resnet_cli.bench import benchmark
 from cifar_resnet_cli.evaluate import evaluate_checkpoint
 from cifar_resnet_cli.export import export_model
+from cifar_resnet_cli.predict import predict_images
 from cifar_resnet_cli.settings import load_settings
 from cifar_resnet_cli.train import NullProgress, train
 
@@ -54,6 +57,11 @@ def test_eval_export_bench_and_ablate_report_each_long_step(checkpoint: Path, tm
         "export": {"methods": ["trace", "frozen"], "out_dir": str(tmp_path / "x")},
     }
     settings = load_settings(None, {**SYNTH, **sections})
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(images / f"{i}.png")
+    (images / "broken.png").write_bytes(b"not an image")  # counted too: every file is accounted for
     cases = [
         (lambda r: evaluate_checkpoint(settings, checkpoint, tasks=r), ["eval test (120 images)"]),
         (lambda r: export_model(settings, checkpoint, tasks=r),
@@ -61,6 +69,7 @@ def test_eval_export_bench_and_ablate_report_each_long_step(checkpoint: Path, tm
         (lambda r: benchmark(settings, checkpoint, tasks=r),
          ["eager fp32 nchw: build, warm up, time", "trace fp32 nchw: build, warm up, time"]),
         (lambda r: ablate(settings, checkpoint, limit=20, tasks=r), ["ablation: 21 evaluations of 20 images"]),
+        (lambda r: predict_images(settings, checkpoint, [images], tasks=r), ["classifying 3 images"]),
     ]  # fmt: skip
     for run, expected in cases:
         recorder = Recorder()
