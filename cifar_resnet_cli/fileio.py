@@ -52,7 +52,9 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def check_writable(path: Path, *, force: bool, what: str = "output") -> None:
-    """Refuse an output path whose directory is missing, or which exists without ``force``."""
+    """Refuse an output path whose directory is missing or not writable, or which exists without ``force``."""
+    if path.parent.exists() and not path.parent.is_dir():
+        raise OutputError(f"cannot write {what} {path}: {path.parent} is a file, not a folder", "choose another path")
     if not path.parent.is_dir():
         raise CifarResnetError(
             f"cannot write {what} {path}: directory {path.parent} does not exist",
