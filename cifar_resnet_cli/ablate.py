@@ -16,9 +16,8 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
 
-from .datasets import ImageSet, check_classes, dataset_for, load_data_for
+from .datasets import ImageSet, load_checked_data, split_of
 from .devices import device_description, resolve_device
-from .errors import CifarResnetError
 from .evaluate import evaluate_model
 from .model import STAGES, BasicBlock, ResNet
 from .plots import PlotUnavailable, plot_ablation
@@ -80,13 +79,10 @@ def ablate(settings: Settings, path: Path, *, limit: int | None = None, plot: Pa
     """Evaluate the checkpoint with each block's and each stage's residual branch removed."""
     device = resolve_device(settings.device)
     model, meta = load_model(path)
-    check_classes(meta, dataset_for(settings, meta), path)
-    data = load_data_for(settings, meta, path)
-    split: ImageSet = data.test if settings.eval.split == "test" else data.val
+    data = load_checked_data(settings, meta, path, tasks)
+    split = split_of(data, settings.eval.split)
     if limit is not None:
         split = ImageSet(split.images[:limit], split.labels[:limit])
-    if len(split) == 0:
-        raise CifarResnetError(f"the {settings.eval.split} split is empty", "use --split test or a larger --limit")
     split = split.to(device)
     model.to(device).eval()
 

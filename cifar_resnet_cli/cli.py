@@ -54,6 +54,7 @@ class DatasetName(StrEnum):
     cifar10 = "cifar10"
     cifar100 = "cifar100"
     synthetic = "synthetic"
+    folder = "folder"
 
 
 class StemName(StrEnum):
@@ -79,7 +80,11 @@ DeviceOpt = Annotated[
 ]
 DatasetOpt = Annotated[
     Optional[DatasetName],
-    typer.Option("--dataset", help="Dataset the model is for; sets classes and class names. (default: cifar10)"),
+    typer.Option(
+        "--dataset",
+        help="Dataset the model is for; sets classes and class names. folder: your images in "
+        "--data-dir DIR/train/<class>/ (see README). (default: cifar10)",
+    ),
 ]
 StemOpt = Annotated[
     Optional[StemName],
@@ -88,7 +93,8 @@ StemOpt = Annotated[
     ),
 ]
 NumClassesOpt = Annotated[
-    Optional[int], typer.Option("--num-classes", help="Head size, 10 or 100. (default: from --dataset)")
+    Optional[int],
+    typer.Option("--num-classes", help="Head size: 10 or 100, any for folder. (default: from --dataset)"),
 ]
 ImageSizeOpt = Annotated[
     Optional[int], typer.Option("--image-size", help="Input size in pixels, 16-512. (default: 32)")
@@ -381,14 +387,23 @@ class Split(StrEnum):
 
 
 DataDirOpt = Annotated[
-    Optional[Path], typer.Option("--data-dir", help="Dataset folder. (default: ~/.cache/cifar-resnet/data)")
+    Optional[Path],
+    typer.Option(
+        "--data-dir",
+        help="Dataset folder; for --dataset folder, the DIR with train/. (default: ~/.cache/cifar-resnet/data)",
+    ),
 ]
 DownloadOpt = Annotated[
     Optional[bool],
     typer.Option("--download/--no-download", help="Download CIFAR through torchvision if missing. (default: on)"),
 ]
 ValSizeOpt = Annotated[
-    Optional[int], typer.Option("--val-size", help="Training images held out for validation. (default: 5000)")
+    Optional[int],
+    typer.Option(
+        "--val-size",
+        help="Training images held out for validation; a folder's val/ replaces it. "
+        "(default: 5000; folder without val/: 10% of train)",
+    ),
 ]
 
 

@@ -1,11 +1,11 @@
-"""CIFAR-10, CIFAR-100 and the synthetic stand-in: class names and normalisation constants."""
+"""CIFAR-10, CIFAR-100, the synthetic stand-in and image folders: class names and normalisation constants."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-Dataset = Literal["cifar10", "cifar100", "synthetic"]
-DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "synthetic")
+Dataset = Literal["cifar10", "cifar100", "synthetic", "folder"]
+DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "synthetic", "folder")
 
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane",
@@ -131,10 +131,14 @@ CIFAR_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, flo
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "synthetic": ((0.499, 0.499, 0.500), (0.285, 0.285, 0.286)),  # measured on the generated set
+    "folder": (IMAGENET_MEAN, IMAGENET_STD),  # the user's photos: the statistics of ImageNet photos
 }
 
+# An image folder's classes are its folder names: known only once it is read.
 DEFAULT_NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "synthetic": 10}
-ALLOWED_NUM_CLASSES = {"cifar10": (10,), "cifar100": (100,), "synthetic": (10, 100)}
+ALLOWED_NUM_CLASSES: dict[str, tuple[int, ...] | None] = {
+    "cifar10": (10,), "cifar100": (100,), "synthetic": (10, 100), "folder": None,
+}  # fmt: skip
 
 
 def class_names(dataset: str, num_classes: int) -> tuple[str, ...]:
@@ -144,4 +148,5 @@ def class_names(dataset: str, num_classes: int) -> tuple[str, ...]:
     if dataset == "cifar100":
         return CIFAR100_CLASSES
     width = len(str(num_classes - 1))
-    return tuple(f"synthetic_{i:0{width}d}" for i in range(num_classes))
+    prefix = "class" if dataset == "folder" else "synthetic"  # a folder's real names replace these
+    return tuple(f"{prefix}_{i:0{width}d}" for i in range(num_classes))

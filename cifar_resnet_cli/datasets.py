@@ -1,10 +1,10 @@
-"""CIFAR-10/100 and the synthetic stand-in as device-resident uint8 tensors.
+"""CIFAR-10/100, the synthetic stand-in and image folders as device-resident uint8 tensors.
 
 Reading is ours: the official "python version" pickled batches go straight into one
 ``uint8 [N, 3, 32, 32]`` tensor (no per-image PIL), through an unpickler that allows only what
 those files contain. Downloading goes through torchvision's CIFAR classes (URL, md5, extraction).
 The synthetic set is generated, deterministically, and written in the same layout, so it is read
-by the same code.
+by the same code. Image folders (the user's own photos) are read by :mod:`folders`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,12 @@ from .errors import CheckpointError, CifarResnetError, DownloadError
 from .fileio import atomic_write_bytes
 
 if TYPE_CHECKING:
+    from .progress import Tasks
     from .settings import Settings
     from .weights import WeightsMeta
+
+
+LAYOUT_HINT = "an image-folder dataset is DIR/train/<class>/*.jpg (or .png, ...), with optional DIR/val/ and DIR/test/"
 
 
 class DataError(CifarResnetError):
@@ -138,7 +142,7 @@ def _read_batches(folder: Path, files: tuple[str, ...], label_key: str) -> tuple
 
 @dataclass
 class ImageSet:
-    """Images (uint8 [N, 3, 32, 32]) and labels (int64 [N]) on one device."""
+    """Images (uint8 [N, 3, H, W]: 32x32 for CIFAR, the image size for folders) and labels (int64 [N])."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -164,12 +168,11 @@ class CifarData:
     test: ImageSet
     folder: Path
     synthetic: bool
+    notes: tuple[str, ...] = ()  # what the reader skipped, chose or could not do
 
     def to(self, device: torch.device) -> CifarData:
-        return CifarData(
-            self.name, self.classes, self.train.to(device), self.val.to(device), self.test.to(device),
-            self.folder, self.synthetic,
-        )  # fmt: skip
+        return dataclasses.replace(self, train=self.train.to(device), val=self.val.to(device),
+                                   test=self.test.to(device))  # fmt: skip
 
 
 def default_data_dir() -> Path:
@@ -331,7 +334,32 @@ def run_data_settings(checkpoint: Path | None) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def load_data_for(settings: Settings, meta: WeightsMeta | None = None, checkpoint: Path | None = None) -> CifarData:
+def load_image_folder(root: Path, image_size: int, *, val_size: int | None, val_size_chosen: bool, split_seed: int,
+                      tasks: Tasks | None = None) -> CifarData:  # fmt: skip
+    """An image-folder dataset: train/ (validation drawn from it unless val/ exists) and test/ if any."""
+    from .folders import DEFAULT_VAL_FRACTION, read_folder  # Pillow is imported only for folders
+
+    found, notes = read_folder(root, image_size, default_data_dir().parent / "folders", tasks)
+    train = ImageSet(found.images["train"], found.labels["train"])
+    if "val" in found.images:
+        val = ImageSet(found.images["val"], found.labels["val"])
+        if val_size_chosen and val_size != len(val):  # equal: a resumed run's own settings
+            raise DataError(f"--val-size {val_size}: {root / 'val'} is this dataset's validation set",
+                            "drop --val-size, or remove val/ to hold out part of train/ instead")  # fmt: skip
+    else:
+        size = val_size if val_size is not None else max(1, round(len(train) * DEFAULT_VAL_FRACTION))
+        train, val = split_train_val(train, size, split_seed)
+    if "test" in found.images:
+        test = ImageSet(found.images["test"], found.labels["test"])
+    else:
+        empty = torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)
+        test = ImageSet(empty, torch.empty(0, dtype=torch.int64))
+        notes.append(f"{root} has no test/ folder: there is no test set, so no test accuracy is reported")
+    return CifarData("folder", found.classes, train, val, test, root, False, tuple(notes))
+
+
+def load_data_for(settings: Settings, meta: WeightsMeta | None = None, checkpoint: Path | None = None,
+                  tasks: Tasks | None = None) -> CifarData:  # fmt: skip
     """The dataset a command works on; for a checkpoint, its own dataset and split unless the user set
     one, and for a checkpoint inside a run folder, that run's data folder and download choice too."""
     d = settings.data
@@ -346,6 +374,13 @@ def load_data_for(settings: Settings, meta: WeightsMeta | None = None, checkpoin
     if "data_dir" not in chosen and run.get("data_dir"):
         data_dir = Path(run["data_dir"])
     download = d.download if "download" in chosen or "download" not in run else bool(run["download"])
+    if dataset_for(settings, meta) == "folder":
+        if data_dir is None:
+            raise DataError("--dataset folder needs --data-dir DIR, the folder that holds train/<class>/", LAYOUT_HINT)
+        image_size = meta.image_size if meta is not None else settings.model.image_size
+        val_size = d.val_size if "val_size" in chosen else (meta.val_size if meta is not None else None)
+        return load_image_folder(data_dir, image_size, val_size=val_size, val_size_chosen="val_size" in chosen,
+                                 split_seed=from_meta("split_seed"), tasks=tasks)  # fmt: skip
     return load_cifar(
         dataset_for(settings, meta), data_dir or default_data_dir(), download=download,
         val_size=from_meta("val_size"), split_seed=from_meta("split_seed"),
@@ -354,15 +389,64 @@ def load_data_for(settings: Settings, meta: WeightsMeta | None = None, checkpoin
     )  # fmt: skip
 
 
-def check_classes(meta: WeightsMeta, dataset: str, path: Path) -> None:
-    """A checkpoint fits a dataset when both have the same classes, in the same order."""
-    classes = class_names(dataset, meta.num_classes)
+def settings_for_data(settings: Settings, data: CifarData) -> Settings:
+    """Settings completed by the data: an image folder's class count and validation size, so that the
+    run folder's settings.json resumes on the same classes and the same split."""
+    if data.name != "folder":
+        return settings
+    n = len(data.classes)
+    if settings.model.num_classes not in (None, n):
+        raise DataError(f"model.num_classes {settings.model.num_classes}: {data.folder} has {n} class folders",
+                        "drop num_classes from the settings: a folder's classes are its folder names")  # fmt: skip
+    model = settings.model.model_copy(update={"num_classes": n})
+    split = settings.data.model_copy(update={"val_size": len(data.val)})
+    return settings.model_copy(update={"model": model, "data": split})
+
+
+def load_checked_data(settings: Settings, meta: WeightsMeta, path: Path, tasks: Tasks | None = None) -> CifarData:
+    """The data a checkpoint is measured on, refused when its classes are not the checkpoint's."""
+    dataset = dataset_for(settings, meta)
+    if dataset != "folder":  # known before reading anything
+        check_classes(meta, dataset, path)
+    data = load_data_for(settings, meta, path, tasks)
+    check_classes(meta, dataset, path, data)
+    return data
+
+
+def split_of(data: CifarData, split: str) -> ImageSet:
+    """The ``val`` or ``test`` split, or a clear error when it holds no images."""
+    images = data.test if split == "test" else data.val
+    if len(images) == 0:
+        if data.name == "folder" and split == "test":
+            raise DataError(f"{data.folder} has no test/ folder (or no readable images in it)",
+                            "use --split val, or add DIR/test/<class>/ images")  # fmt: skip
+        other = "val" if split == "test" else "test"
+        raise DataError(f"the {split} split of {data.name} is empty", f"use --split {other}")
+    return images
+
+
+def check_classes(meta: WeightsMeta, dataset: str, path: Path, data: CifarData | None = None) -> None:
+    """A checkpoint fits a dataset when both have the same classes, in the same order. For an image
+    folder, ``data`` (already read) holds its classes."""
+    classes = data.classes if data is not None else class_names(dataset, meta.num_classes)
+    where = f"the image folder {data.folder}" if data is not None and data.name == "folder" else dataset
+    on = f"--dataset {meta.dataset}{' --data-dir ...' if meta.dataset == 'folder' else ''}"
+    hint = f"evaluate it on the data it was trained on ({on}), or use a checkpoint trained on {where}"
+    if tuple(meta.class_names) == tuple(classes):
+        return
     if meta.num_classes != len(classes):
         raise CheckpointError(
-            f"{path} has a {meta.num_classes}-class head ({meta.dataset}), but {dataset} has {len(classes)} classes",
-            f"evaluate it on --dataset {meta.dataset}, or use a checkpoint trained on {dataset}",
-        )
-    if tuple(meta.class_names) != tuple(classes):
-        raise CheckpointError(
-            f"{path}'s classes ({meta.dataset}) are not {dataset}'s classes", f"evaluate it on --dataset {meta.dataset}"
-        )
+            f"{path} has a {meta.num_classes}-class head ({meta.dataset}), but {where} has {len(classes)} classes"
+            f"{_class_difference(meta.class_names, classes)}", hint,
+        )  # fmt: skip
+    raise CheckpointError(
+        f"{path} was trained on other classes than {where} has{_class_difference(meta.class_names, classes)}", hint
+    )
+
+
+def _class_difference(model: list[str] | tuple[str, ...], data: tuple[str, ...]) -> str:
+    missing = [c for c in model if c not in data]
+    extra = [c for c in data if c not in model]
+    parts = [f"not in the data: {', '.join(missing[:5])}"] if missing else []
+    parts += [f"not in the checkpoint: {', '.join(extra[:5])}"] if extra else []
+    return f" ({'; '.join(parts)})" if parts else " (the same names in another order)"

@@ -15,9 +15,8 @@ from pydantic import BaseModel
 from torch import nn
 
 from .augment import preprocess
-from .datasets import ImageSet, check_classes, dataset_for, load_data_for
+from .datasets import ImageSet, load_checked_data, split_of
 from .devices import device_description, resolve_device
-from .errors import CheckpointError
 from .export import is_archive, load_archive
 from .fileio import atomic_write_bytes, check_writable
 from .plots import PlotUnavailable, plot_confusion
@@ -175,11 +174,8 @@ def evaluate_checkpoint(
         model, meta, _ = load_archive(path, device)
     else:
         model, meta = load_model(path)
-    check_classes(meta, dataset_for(settings, meta), path)
-    data = load_data_for(settings, meta, path)
-    split = data.test if settings.eval.split == "test" else data.val
-    if len(split) == 0:
-        raise CheckpointError(f"the {settings.eval.split} split of {data.name} is empty", "use --split test")
+    data = load_checked_data(settings, meta, path, tasks)
+    split = split_of(data, settings.eval.split)
     model.to(device)
     start = time.perf_counter()
     scores = evaluate_model(

@@ -12,7 +12,6 @@ import io
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 from pydantic import BaseModel
 
@@ -21,6 +20,7 @@ from .devices import device_description, resolve_device
 from .errors import CheckpointError, CifarResnetError
 from .export import is_archive, load_archive
 from .fileio import atomic_write_bytes, check_writable
+from .images import ImageReadError, image_extensions, read_image
 from .progress import Tasks, task
 from .settings import Settings
 from .weights import load_model
@@ -52,13 +52,6 @@ class PredictResult(BaseModel):
     warnings: list[str]
 
 
-def image_extensions() -> set[str]:
-    """Every file extension Pillow can open."""
-    from PIL import Image
-
-    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-
-
 def collect(inputs: list[Path], recursive: bool) -> list[Path]:
     """Files as given, and the image files of directories (walked with ``recursive``)."""
     extensions = image_extensions()
@@ -77,18 +70,6 @@ def collect(inputs: list[Path], recursive: bool) -> list[Path]:
             "Pillow-readable files (.png, .jpg, .bmp, .webp, ...); --recursive walks subdirectories",
         )
     return files
-
-
-def read_image(path: Path) -> tuple[torch.Tensor, int, int, str]:
-    """RGB uint8 [3, H, W], width, height and the file's own mode (RGBA, L, P, ...)."""
-    from PIL import Image
-
-    with Image.open(path) as img:
-        mode = img.mode
-        img.load()  # decode now, so a truncated file fails here and not later
-        rgb = img.convert("RGB")
-    array = np.asarray(rgb, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1), rgb.width, rgb.height, mode
 
 
 def _batches(items: list[tuple[int, torch.Tensor]], size: int) -> Iterator[list[tuple[int, torch.Tensor]]]:
@@ -128,10 +109,9 @@ def predict_images(
     ready: list[tuple[int, torch.Tensor]] = []
     for i, path in enumerate(files):
         try:
-            image, width, height, mode = read_image(path)
-        except Exception as exc:  # Pillow raises many types for a bad file; each becomes a row
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            predictions[i].error = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+            image, width, height, mode = read_image(path, meta.image_size)
+        except ImageReadError as exc:  # each unreadable file becomes a row
+            predictions[i].error = str(exc)
             continue
         predictions[i].width, predictions[i].height, predictions[i].mode = width, height, mode
         ready.append((i, fit_image(image, meta.image_size, resize)))

@@ -309,8 +309,11 @@ def render_train(result) -> None:
     if result.feature_cache_note:
         summary.add_row("feature cache", result.feature_cache_note)
     summary.add_row("best validation top-1", f"{_pct(result.best_val_top1)} (epoch {result.best_epoch})")
-    summary.add_row("test top-1 / top-5", f"{_pct(result.test_top1)} / {_pct(result.test_top5)} "
-                                          f"(best checkpoint, loss {result.test_loss:.4f})")  # fmt: skip
+    if result.test_loss is None:
+        summary.add_row("test top-1 / top-5", "none: this data has no test set")
+    else:
+        summary.add_row("test top-1 / top-5", f"{_pct(result.test_top1)} / {_pct(result.test_top5)} "
+                                              f"(best checkpoint, loss {result.test_loss:.4f})")  # fmt: skip
     extraction = f" (feature extraction {result.feature_extraction_s:.1f} s of it)" if result.feature_cache else ""
     summary.add_row("time", f"{result.train_time_s:.1f} s training{extraction}, {result.total_time_s:.1f} s in all")
     summary.add_row("throughput", f"{result.images_per_s:.0f} images/s ({result.device})")

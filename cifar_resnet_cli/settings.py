@@ -62,10 +62,17 @@ class _Section(BaseModel):
 class DataSettings(_Section):
     """Which dataset, where it lives, and how the validation split is held out."""
 
-    dataset: Dataset = Field("cifar10", description="cifar10, cifar100 or synthetic (offline stand-in)")
-    data_dir: Path | None = Field(None, description="dataset folder; default ~/.cache/cifar-resnet/data")
+    dataset: Dataset = Field(
+        "cifar10", description="cifar10, cifar100, synthetic (offline stand-in) or folder (DIR/train/<class>/*.jpg)"
+    )
+    data_dir: Path | None = Field(
+        None, description="dataset folder; default ~/.cache/cifar-resnet/data (folder: required, the DIR)"
+    )
     download: bool = Field(True, description="download CIFAR through torchvision when it is missing")
-    val_size: int = Field(5000, ge=0, le=1_000_000, description="training images held out for validation")
+    val_size: int = Field(
+        5000, ge=0, le=1_000_000,
+        description="training images held out for validation (folder without val/: default 10% of train)",
+    )  # fmt: skip
     split_seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the train/validation split")
     synthetic_size: int = Field(10_000, ge=100, le=200_000, description="synthetic training images")
 
@@ -76,8 +83,8 @@ class ModelSettings(_Section):
     stem: Literal["imagenet", "cifar"] = Field(
         "imagenet", description="imagenet: torchvision's 7x7/2 conv + max pool; cifar: 3x3/1 conv, no pool"
     )
-    num_classes: Literal[10, 100] | None = Field(
-        None, description="classes of the head; default: from the dataset (10 or 100)"
+    num_classes: int | None = Field(
+        None, ge=2, le=100_000, description="classes of the head; default: from the dataset (10, 100, folders)"
     )
     image_size: int = Field(32, ge=16, le=512, description="input height and width in pixels")
     conv1_init: Literal["adapt", "reinit"] = Field(
@@ -192,7 +199,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _classes_match_dataset(self) -> Settings:
         allowed = ALLOWED_NUM_CLASSES[self.data.dataset]
-        if self.model.num_classes is not None and self.model.num_classes not in allowed:
+        if self.model.num_classes is not None and allowed is not None and self.model.num_classes not in allowed:
             raise ValueError(
                 f"num_classes {self.model.num_classes} does not fit dataset {self.data.dataset}, "
                 f"which has {' or '.join(map(str, allowed))} classes"
@@ -208,7 +215,13 @@ class Settings(BaseSettings):
 
     @property
     def num_classes(self) -> int:
-        """The head size: ``model.num_classes`` or the dataset's own."""
+        """The head size: ``model.num_classes`` or the dataset's own (an image folder's: see
+        :func:`datasets.settings_for_data`)."""
+        if self.model.num_classes is None and self.data.dataset not in DEFAULT_NUM_CLASSES:
+            raise ConfigError(
+                "--dataset folder: the number of classes comes from the folder's class folders",
+                "pass --num-classes N (the number of class folders in DIR/train/)",
+            )
         return self.model.num_classes or DEFAULT_NUM_CLASSES[self.data.dataset]
 
     @classmethod

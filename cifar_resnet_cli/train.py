@@ -36,7 +36,7 @@ from .checkpoint import (
     stop_on_signals,
 )
 from .data import CIFAR_STATS
-from .datasets import CifarData, ImageSet, default_data_dir, load_data_for
+from .datasets import CifarData, ImageSet, default_data_dir, load_data_for, settings_for_data
 from .devices import device_description, resolve_device
 from .distributed import DistContext, DistributedError, all_reduce_sum, barrier, broadcast_object
 from .errors import CheckpointError, ConfigError, DownloadError, TrainingDiverged, TrainingInterrupted
@@ -89,11 +89,13 @@ class TrainResult(BaseModel):
     test_images: int
     best_epoch: int
     best_val_top1: float | None
-    test_top1: float
-    test_top5: float
-    test_loss: float
+    test_top1: float | None  # None: the data has no test set (an image folder without test/)
+    test_top5: float | None
+    test_loss: float | None
     train_time_s: float  # epochs, plus the feature extraction of a cached-feature run
     feature_extraction_s: float = 0.0
+    feature_images_per_s: float | None = None  # cached-feature runs: backbone forward, train + val images
+    head_images_per_s: float | None = None  # cached-feature runs: the head's training epochs
     total_time_s: float
     images_per_s: float
     resumed_from_epoch: int | None
@@ -200,6 +202,7 @@ def make_optimizer(model: ResNet, settings: Settings) -> torch.optim.Optimizer:
 class Init:
     model: ResNet
     meta: WeightsMeta  # the template for every checkpoint this run writes
+    note: str | None = None  # what was adapted (a new head), for the run's warnings
 
 
 def ported_cache_path(settings: Settings) -> Path:
@@ -241,12 +244,16 @@ def initial_model(settings: Settings, data: CifarData) -> Init:
         if not path.is_file():
             raise CheckpointError(f"--init {t.init}: no such file", "use imagenet, none, or a .safetensors file")
     model, meta = load_model(path)
-    if meta.num_classes != settings.num_classes or tuple(meta.class_names) != data.classes:
-        raise CheckpointError(
-            f"--init {path} is for {meta.dataset} ({meta.num_classes} classes), not {data.name} "
-            f"({len(data.classes)} classes)",
-            f"port weights for {data.name}: cifar-resnet port --dataset {data.name} ...",
-        )
+    note = None
+    if meta.num_classes != settings.num_classes:
+        model = _new_head(model, settings.num_classes, t.seed)
+        if t.init != "imagenet":  # a ported ImageNet head is always new; a trained one is replaced
+            note = (f"--init {path} has a {meta.num_classes}-class head ({meta.dataset}): its backbone is used "
+                    f"with a new {settings.num_classes}-class head (seed {t.seed})")  # fmt: skip
+    elif tuple(meta.class_names) != data.classes and t.init != "imagenet":
+        model = _new_head(model, settings.num_classes, t.seed)
+        note = (f"--init {path} was trained on other classes ({meta.dataset}): its backbone is used with a new "
+                f"head for {data.name}'s classes (seed {t.seed})")  # fmt: skip
     if "stem" in m.model_fields_set and m.stem != meta.stem:
         raise ConfigError(f"--stem {m.stem} was asked for, but --init {path} has the {meta.stem} stem",
                           "drop --stem (the weights decide), or port weights with that stem")  # fmt: skip
@@ -254,7 +261,16 @@ def initial_model(settings: Settings, data: CifarData) -> Init:
     template = meta.model_copy(update={**common, "stem": meta.stem, "source": source,
                                        "source_sha256": meta.source_sha256 if t.init == "imagenet" else
                                        sha256_file(path)})  # fmt: skip
-    return Init(model, template)
+    return Init(model, template, note)
+
+
+def _new_head(model: ResNet, num_classes: int, seed: int) -> ResNet:
+    """The same backbone with a freshly initialised ``num_classes`` head (nn.Linear's default init)."""
+    torch.manual_seed(seed)
+    fresh = resnet34(num_classes=num_classes, stem=model.stem)
+    backbone = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    fresh.load_state_dict(backbone, strict=False)
+    return fresh
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,8 +401,9 @@ def _train(settings: Settings, progress: TrainProgress, resume: Path | None, ctx
            device: torch.device) -> TrainResult:  # fmt: skip
     started = time.perf_counter()
     _check_runtime(settings, device, ctx)
-    data = load_data_for(settings).to(device)
-    warnings = _warnings(settings, data, ctx)
+    data = load_data_for(settings, tasks=progress).to(device)
+    settings = settings_for_data(settings, data)
+    warnings = [*data.notes, *_warnings(settings, data, ctx)]
     with stop_on_signals(progress.note) as stop:
         init = None
         if resume is None:
@@ -394,6 +411,8 @@ def _train(settings: Settings, progress: TrainProgress, resume: Path | None, ctx
             barrier(ctx)  # rank 0 may have ported ImageNet weights into the cache; now every rank can read them
             if not ctx.is_main:
                 init = initial_model(settings, data)
+            if init.note:
+                warnings.append(init.note)
         with _run_folder(settings, resume, ctx) as run_dir:
             stop.resume_hint = f"resume with: cifar-resnet train --resume {run_dir}"
             gen = read_generation(run_dir) if resume is not None else None
@@ -729,17 +748,22 @@ def _finish(loop: _Loop, started: float, resumed_from: int | None, warnings: lis
     run_dir = loop.ckpt.run_dir
     best_model, best_meta = load_model(run_dir / rundir.BEST)
     best_model.to(device)
-    test = _evaluate(best_model, data.test, settings, best_meta, ctx, device, amp="off", channels_last=False,
-                     tasks=loop.progress, label="test, best checkpoint")  # fmt: skip
-    cache_note = None
+    test = None
+    if len(data.test):
+        test = _evaluate(best_model, data.test, settings, best_meta, ctx, device, amp="off", channels_last=False,
+                         tasks=loop.progress, label="test, best checkpoint")  # fmt: skip
+    cache_note, extract_ips, head_ips = None, None, None
     if loop.cached and loop.head_times:
         n, head_s = len(loop.head_times), sum(loop.head_times)
+        extract_ips = (len(data.train) + len(data.val)) / max(loop.extract_s, 1e-9)
+        head_ips = n * len(data.train) / max(head_s, 1e-9)
         per_epoch_uncached = loop.extract_s + head_s / n
+        gain = n * per_epoch_uncached / (loop.extract_s + head_s)
         cache_note = (
-            f"features computed once in {loop.extract_s:.2f} s; head epochs took {head_s / n:.3f} s; "
-            f"without the cache each epoch would run the backbone again (about {per_epoch_uncached:.2f} s): "
-            f"about {n * per_epoch_uncached / (loop.extract_s + head_s):.1f}x faster over {n} epochs "
-            "(estimated from the extraction time)"
+            f"features computed once in {loop.extract_s:.2f} s ({extract_ips:.0f} images/s); head epochs took "
+            f"{head_s / n:.3f} s ({head_ips:.0f} images/s); without the cache each epoch would run the backbone "
+            f"again (about {per_epoch_uncached:.2f} s): about {gain:.1f}x "
+            f"faster over {n} epochs (estimated from the extraction time)"
         )
     history = loop.history
     trained_images = sum(h.images_per_s * h.epoch_time_s for h in history[(resumed_from or 0) :])
@@ -750,8 +774,9 @@ def _finish(loop: _Loop, started: float, resumed_from: int | None, warnings: lis
         feature_cache=loop.cached, feature_cache_note=cache_note, epochs=t.epochs, steps_per_epoch=loop.steps,
         train_images=len(data.train), val_images=len(data.val), test_images=len(data.test),
         best_epoch=loop.best_epoch, best_val_top1=loop.best_top1 if len(data.val) else None,
-        test_top1=test.top1_acc, test_top5=test.top5_acc, test_loss=test.loss, train_time_s=loop.train_time,
-        feature_extraction_s=loop.extract_s,
+        test_top1=test and test.top1_acc, test_top5=test and test.top5_acc, test_loss=test and test.loss,
+        train_time_s=loop.train_time,
+        feature_extraction_s=loop.extract_s, feature_images_per_s=extract_ips, head_images_per_s=head_ips,
         total_time_s=time.perf_counter() - started, images_per_s=trained_images / max(loop.train_time, 1e-9),
         resumed_from_epoch=resumed_from, device=device_description(device), processes=ctx.world_size,
         history=history, warnings=warnings,

@@ -28,7 +28,12 @@ def _write_images(folder: Path) -> dict[str, np.ndarray]:
     expected["rgb.png"] = rgb
     rgba = rng.integers(0, 256, (32, 32, 4), dtype=np.uint8)
     Image.fromarray(rgba, "RGBA").save(folder / "rgba.png")
-    expected["rgba.png"] = rgba[..., :3]
+    # Transparency is composited on white: colour * alpha + 255 * (1 - alpha), rounded as Pillow does.
+    white = Image.new("RGBA", (32, 32), (255, 255, 255, 255))
+    expected["rgba.png"] = np.asarray(Image.alpha_composite(white, Image.fromarray(rgba, "RGBA")).convert("RGB"))
+    alpha = rgba[..., 3:].astype(np.float64) / 255
+    by_formula = rgba[..., :3] * alpha + 255 * (1 - alpha)
+    assert np.abs(expected["rgba.png"] - by_formula).max() <= 1
     grey = rng.integers(0, 256, (32, 32), dtype=np.uint8)
     Image.fromarray(grey, "L").save(folder / "grey.png")
     expected["grey.png"] = np.repeat(grey[..., None], 3, axis=2)
