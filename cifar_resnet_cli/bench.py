@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel
 
-from .devices import device_description, resolve_device
+from .devices import cpu_matrix_flags, cpu_name, device_description, resolve_device
 from .errors import CifarResnetError
 from .export import DTYPES, Deployed, build_variant, compare, is_archive, load_archive, tolerances
 from .fileio import atomic_write_bytes, check_writable
@@ -80,6 +80,7 @@ class Environment(BaseModel):
     device: str
     threads: int
     cpu: str
+    cpu_flags: list[str] = []  # the matrix instruction sets bf16 speed depends on (AMX, AVX-512 bf16)
     python: str
     warmup: int
     iters: int
@@ -94,16 +95,6 @@ class BenchResult(BaseModel):
     source_reference: dict[str, float]
     csv: str | None
     warnings: list[str]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _sync(device: torch.device) -> None:
@@ -269,7 +260,8 @@ def _write_csv(path: Path, timings: list[Timing]) -> None:
 def _environment(settings: Settings, device: torch.device) -> Environment:
     b = settings.bench
     return Environment(torch=torch.__version__, device=device_description(device), threads=torch.get_num_threads(),
-                       cpu=cpu_name(), python=platform.python_version(), warmup=b.warmup, iters=b.iters)  # fmt: skip
+                       cpu=cpu_name(), cpu_flags=cpu_matrix_flags(), python=platform.python_version(),
+                       warmup=b.warmup, iters=b.iters)  # fmt: skip
 
 
 def _benchmark_archive(settings: Settings, path: Path, device: torch.device, csv_path: Path | None,

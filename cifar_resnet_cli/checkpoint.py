@@ -4,8 +4,10 @@ The unit of a checkpoint is ``last.state.safetensors``: the weights, the optimis
 the progress (epoch, step, the unfinished epoch's sums, the best score) and the metrics history of
 every finished epoch, in ONE file written atomically (temporary file, fsync, rename). A kill or a
 full disk at any instant leaves either the previous generation or the new one, never a mixture.
-``last.safetensors``, ``best.safetensors`` and ``metrics.jsonl``/``.csv`` are derived from it, written after
-it, and rewritten from it when the run resumes, so that none of them can disagree with it for long.
+``last.safetensors``, ``best.safetensors``, ``last.ema.safetensors``, ``top/`` and ``metrics.jsonl``/``.csv``
+are derived from it, written after it, and rewritten from it when the run resumes, so that none of them
+can disagree with it for long. With an EMA of the weights (``--ema-decay``) the generation holds both;
+``best`` and ``top/`` hold the weights that validation scored (the EMA ones unless ``--no-ema-eval``).
 
 Also here: when to checkpoint inside an epoch, and SIGINT/SIGTERM handling (finish the step, save,
 exit 130 / 143). The run folder's lock is :func:`rundir.locked`.
@@ -63,13 +65,16 @@ class Generation:
     optimizer_tensors: dict[str, torch.Tensor]
     header: dict[str, Any]
     rng: torch.Tensor
+    ema: dict[str, torch.Tensor] | None = None
 
 
 def state_bytes(weights: dict[str, torch.Tensor], meta: WeightsMeta, optimizer: torch.optim.Optimizer,
-                scaler: torch.amp.GradScaler | None, progress: Progress) -> bytes:  # fmt: skip
+                scaler: torch.amp.GradScaler | None, progress: Progress,
+                ema: dict[str, torch.Tensor] | None = None) -> bytes:  # fmt: skip
     """One generation as safetensors bytes, with a digest of every tensor in its header."""
     opt = optimizer.state_dict()
     tensors = {f"model.{k}": v for k, v in weights.items()}
+    tensors.update({f"ema.{k}": v for k, v in (ema or {}).items()})
     tensors["rng.torch"] = torch.get_rng_state()
     scalars: dict[str, dict[str, Any]] = {}
     for idx, entry in opt["state"].items():
@@ -123,7 +128,8 @@ def read_generation(run_dir: Path) -> Generation:
     meta = WeightsMeta.from_header(header["weights_meta"], path)
     weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
     optim = {k: v for k, v in tensors.items() if k.startswith("optim.")}
-    return Generation(weights, meta, progress, optim, header, tensors["rng.torch"])
+    ema = {k.removeprefix("ema."): v for k, v in tensors.items() if k.startswith("ema.")} or None
+    return Generation(weights, meta, progress, optim, header, tensors["rng.torch"], ema)
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, gen: Generation) -> None:
@@ -147,9 +153,11 @@ def meta_at(template: WeightsMeta, progress: Progress) -> WeightsMeta:
 class Checkpointer:
     """Saves generations of one run (rank 0 writes; every rank checks) and names the last good one."""
 
-    def __init__(self, run_dir: Path, template: WeightsMeta, *, write: bool, sinks: MetricsSinks | None = None) -> None:
+    def __init__(self, run_dir: Path, template: WeightsMeta, *, write: bool, sinks: MetricsSinks | None = None,
+                 best_from_ema: bool = False, keep_top_k: int = 0) -> None:  # fmt: skip
         self.run_dir, self.template, self.write = run_dir, template, write
         self.sinks = sinks or MetricsSinks(run_dir, tensorboard=False)
+        self.best_from_ema, self.keep_top_k = best_from_ema, keep_top_k
         self.committed: Progress | None = None
 
     def last_good(self) -> str:
@@ -158,14 +166,14 @@ class Checkpointer:
         return f"{self.run_dir / rundir.LAST} ({self.committed.where()})"
 
     def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-             progress: Progress) -> None:  # fmt: skip
-        """Commit a generation, then derive last, best and metrics.jsonl from it.
+             progress: Progress, ema: dict[str, torch.Tensor] | None = None) -> None:  # fmt: skip
+        """Commit a generation, then derive last, best, top-k and metrics.jsonl from it.
 
         Non-finite weights or optimiser state are never written: the run stops with the last good
         checkpoint named instead.
         """
         weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        bad = nonfinite_tensors(weights) or [
+        bad = nonfinite_tensors(weights) or nonfinite_tensors(ema or {}) or [
             f"optimizer state {i}" for i, s in optimizer.state_dict()["state"].items()
             if nonfinite_tensors({k: v for k, v in s.items() if isinstance(v, torch.Tensor)})
         ]  # fmt: skip
@@ -177,32 +185,54 @@ class Checkpointer:
             )
         meta = meta_at(self.template, progress)
         if self.write:
-            data = state_bytes(weights, meta, optimizer, scaler, progress)
+            data = state_bytes(weights, meta, optimizer, scaler, progress, ema)
             atomic_write_bytes(self.run_dir / rundir.LAST_STATE, data)  # the commit
         self.committed = progress
         if self.write:
-            self._derive(weights, meta, progress)
-
-    def _derive(self, weights: dict[str, torch.Tensor], meta: WeightsMeta, progress: Progress) -> None:
-        if progress.step_in_epoch == 0 and progress.best_epoch == progress.epoch and progress.epoch > 0:
-            save_weights(self.run_dir / rundir.BEST, weights, meta)
-        save_weights(self.run_dir / rundir.LAST, weights, meta)
-        self.sinks.write(progress.history)
+            self._derive(weights, ema, meta, progress, only_stale=False)
 
     def repair(self, gen: Generation) -> list[str]:
         """After a kill between the commit and the derived files: rewrite whichever is stale."""
         self.committed = gen.progress
         if not self.write:
             return []
-        p, fixed = gen.progress, []
-        if p.step_in_epoch == 0 and p.best_epoch == p.epoch and p.epoch > 0 and not self._holds(rundir.BEST, p):
-            save_weights(self.run_dir / rundir.BEST, gen.weights, meta_at(self.template, p))
-            fixed.append(rundir.BEST)
-        if not self._holds(rundir.LAST, p):
-            save_weights(self.run_dir / rundir.LAST, gen.weights, meta_at(self.template, p))
-            fixed.append(rundir.LAST)
+        return self._derive(gen.weights, gen.ema, meta_at(self.template, gen.progress), gen.progress, only_stale=True)
+
+    def _derive(self, weights: dict[str, torch.Tensor], ema: dict[str, torch.Tensor] | None, meta: WeightsMeta,
+                p: Progress, *, only_stale: bool) -> list[str]:  # fmt: skip
+        scored = ema if ema is not None and self.best_from_ema else weights  # what validation measured
+        epoch_end = p.step_in_epoch == 0 and p.epoch > 0
+        wanted = [(rundir.LAST, weights), *([(rundir.LAST_EMA, ema)] if ema is not None else [])]
+        if epoch_end and p.best_epoch == p.epoch:
+            wanted.append((rundir.BEST, scored))
+        if epoch_end and p.epoch in self.top_epochs(p):
+            wanted.append((f"{rundir.TOP}/epoch-{p.epoch:04d}.safetensors", scored))
+        written = []
+        for name, tensors in wanted:
+            if not (only_stale and self._holds(name, p)):
+                (self.run_dir / name).parent.mkdir(exist_ok=True)
+                save_weights(self.run_dir / name, tensors, meta)
+                written.append(name)
+        self._prune_top(p)
         self.sinks.write(p.history)
-        return fixed
+        return written
+
+    def top_epochs(self, p: Progress) -> list[int]:
+        """The ``keep_top_k`` best finished epochs by validation top-1 (the later ones without validation)."""
+        if not self.keep_top_k:
+            return []
+        rows = [(h.get("val_top1") if h.get("val_top1") is not None else h["epoch"], -h["epoch"], h["epoch"])
+                for h in p.history]  # fmt: skip
+        return [epoch for *_, epoch in sorted(rows, reverse=True)[: self.keep_top_k]]
+
+    def _prune_top(self, p: Progress) -> None:
+        folder = self.run_dir / rundir.TOP
+        if not self.keep_top_k or not folder.is_dir():
+            return
+        keep = {f"epoch-{e:04d}.safetensors" for e in self.top_epochs(p)}
+        for file in folder.glob("epoch-*.safetensors"):
+            if file.name not in keep:
+                file.unlink(missing_ok=True)
 
     def _holds(self, name: str, progress: Progress) -> bool:
         try:

@@ -376,9 +376,16 @@ class Schedule(StrEnum):
 
 
 class Amp(StrEnum):
+    auto = "auto"
     off = "off"
     bf16 = "bf16"
     fp16 = "fp16"
+
+
+class AutoAugment(StrEnum):
+    none = "none"
+    trivialaugment = "trivialaugment"
+    randaugment = "randaugment"
 
 
 class Split(StrEnum):
@@ -475,14 +482,65 @@ def train_cmd(
     ] = None,
     gamma: Annotated[Optional[float], _opt("--gamma", "step/multistep decay factor. (default: 0.1)")] = None,
     augment: Annotated[
-        Optional[bool], _opt("--augment/--no-augment", "Random crop (4 px padding) and flip. (default: on)")
+        Optional[bool],
+        _opt("--augment/--no-augment", "Random crop (padding 1/8 of the side: 4 px at 32) and flip. (default: on)"),
     ] = None,
     cutmix: Annotated[Optional[float], _opt("--cutmix", "CutMix Beta alpha, e.g. 1.0; 0 = off. (default: 0)")] = None,
     mixup: Annotated[Optional[float], _opt("--mixup", "MixUp Beta alpha, e.g. 0.2; 0 = off. (default: 0)")] = None,
     mix_prob: Annotated[Optional[float], _opt("--mix-prob", "Probability a batch is mixed. (default: 1.0)")] = None,
     label_smoothing: Annotated[Optional[float], _opt("--label-smoothing", "e.g. 0.1. (default: 0)")] = None,
-    amp: Annotated[Optional[Amp], _opt("--amp", "Autocast: bf16 (CPU, CUDA) or fp16 (CUDA). (default: off)")] = None,
-    channels_last: Annotated[Optional[bool], _opt("--channels-last/--no-channels-last", "NHWC memory format.")] = None,
+    auto_augment: Annotated[
+        Optional[AutoAugment],
+        _opt("--auto-augment", "Per-image TrivialAugment (wide) or RandAugment (2 ops, magnitude 9). (default: none)"),
+    ] = None,
+    random_erase: Annotated[
+        Optional[float],
+        _opt("--random-erase", "Probability of erasing a random box per image, e.g. 0.25. (default: 0)"),
+    ] = None,
+    ema_decay: Annotated[
+        Optional[float],
+        _opt(
+            "--ema-decay",
+            "Keep an EMA of the weights, e.g. 0.999 (decay warmed up as timm does); 0 = off. (default: 0)",
+        ),
+    ] = None,
+    ema_eval: Annotated[
+        Optional[bool],
+        _opt(
+            "--ema-eval/--no-ema-eval",
+            "With --ema-decay: validate and pick best.safetensors with the EMA weights. (default: on)",
+        ),
+    ] = None,
+    clip_grad: Annotated[
+        Optional[float], _opt("--clip-grad", "Clip the global gradient norm to this, e.g. 1.0. (default: off)")
+    ] = None,
+    accum_steps: Annotated[
+        Optional[int],
+        _opt(
+            "--accum-steps",
+            "Gradient accumulation: one step = this many batches of --batch-size; the learning "
+            "rate applies to their sum. (default: 1)",
+        ),
+    ] = None,
+    patience: Annotated[
+        Optional[int],
+        _opt("--patience", "Stop after this many epochs without a better validation top-1. (default: off)"),
+    ] = None,
+    keep_top_k: Annotated[
+        Optional[int], _opt("--keep-top-k", "Also keep the k best epochs' weights in RUN_DIR/top/. (default: 0)")
+    ] = None,
+    amp: Annotated[
+        Optional[Amp],
+        _opt(
+            "--amp",
+            "Autocast: auto = bf16 where the CPU (AMX, AVX-512 bf16) or GPU computes it natively, fp16 on "
+            "older GPUs, else off; or bf16, fp16 (CUDA), off. (default: auto)",
+        ),
+    ] = None,
+    channels_last: Annotated[
+        Optional[bool],
+        _opt("--channels-last/--no-channels-last", "NHWC memory format. (default: on with bf16/fp16, off in fp32)"),
+    ] = None,
     compile: Annotated[Optional[bool], _opt("--compile/--no-compile", "torch.compile the model.")] = None,
     deterministic: Annotated[
         Optional[bool],
@@ -600,6 +658,14 @@ def train_cmd(
         "train.mixup": mixup,
         "train.mix_prob": mix_prob,
         "train.label_smoothing": label_smoothing,
+        "train.auto_augment": auto_augment,
+        "train.random_erase": random_erase,
+        "train.ema_decay": ema_decay,
+        "train.ema_eval": ema_eval,
+        "train.clip_grad": clip_grad,
+        "train.accum_steps": accum_steps,
+        "train.patience": patience,
+        "train.keep_top_k": keep_top_k,
         "train.amp": amp,
         "train.channels_last": channels_last,
         "train.compile": compile,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 
 from .errors import DeviceError
@@ -31,3 +35,63 @@ def device_description(device: torch.device) -> str:
     if device.type == "cpu":
         return f"cpu ({torch.get_num_threads()} threads)"
     return device.type
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+
+
+def cpu_name() -> str:
+    for line in _cpuinfo():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_matrix_flags() -> list[str]:
+    """The CPU's matrix instruction sets that bf16 speed depends on (Linux ``/proc/cpuinfo``)."""
+    for line in _cpuinfo():
+        if line.startswith("flags"):
+            present = set(line.split(":", 1)[1].split())
+            return [f for f in ("amx_bf16", "amx_tile", "avx512_bf16", "avx512_vnni", "avx512f") if f in present]
+    return []
+
+
+@dataclass(frozen=True)
+class Precision:
+    amp: str  # off, bf16 or fp16
+    channels_last: bool
+    reason: str
+
+
+def resolve_precision(amp: str, channels_last: bool | None, device: torch.device) -> Precision:
+    """``--amp auto`` and an unset ``--channels-last``, decided for this device, with the reason.
+
+    bf16 where the hardware computes it natively (CPU: AMX or AVX-512 bf16; CUDA: compute
+    capability 8.0 or newer), fp16 with a GradScaler on older CUDA, fp32 elsewhere. Channels-last
+    comes with reduced precision on the CPU (oneDNN's fast bf16 convolutions want it) and with any
+    autocast on CUDA (tensor cores), and stays off in fp32 on the CPU, where it does not pay.
+    """
+    why = "asked for"
+    if amp == "auto":
+        if device.type == "cpu":
+            flags = cpu_matrix_flags()
+            native = [f for f in flags if f in ("amx_bf16", "avx512_bf16")]
+            amp = "bf16" if native else "off"
+            why = (f"auto: this CPU computes bf16 natively ({', '.join(native)})" if native
+                   else "auto: this CPU has neither AMX nor AVX-512 bf16, so bf16 would be emulated: fp32")  # fmt: skip
+        elif device.type == "cuda":
+            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            why = ("auto: this GPU computes bf16 natively" if amp == "bf16"
+                   else "auto: this GPU has no native bf16: fp16 with a gradient scaler")  # fmt: skip
+        else:
+            amp, why = "off", f"auto: fp32 on {device.type}"
+    if channels_last is None:
+        channels_last = amp != "off" and device.type in ("cpu", "cuda")
+        why += f"; channels-last {'on' if channels_last else 'off'} (auto)"
+    else:
+        why += f"; channels-last {'on' if channels_last else 'off'} (asked for)"
+    return Precision(amp, channels_last, why)

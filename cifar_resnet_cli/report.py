@@ -306,9 +306,14 @@ def render_train(result) -> None:
     data += f"{result.val_images} val, {result.test_images} test"
     summary.add_row("data", data)
     summary.add_row("mode", f"{result.mode} from {result.init}")
+    if result.precision:
+        summary.add_row("precision", result.precision)
+    if result.stopped_early_epoch is not None:
+        summary.add_row("early stop", f"after epoch {result.stopped_early_epoch} of {result.epochs} (--patience)")
     if result.feature_cache_note:
         summary.add_row("feature cache", result.feature_cache_note)
-    summary.add_row("best validation top-1", f"{_pct(result.best_val_top1)} (epoch {result.best_epoch})")
+    ema = ", EMA weights" if result.ema else ""
+    summary.add_row("best validation top-1", f"{_pct(result.best_val_top1)} (epoch {result.best_epoch}{ema})")
     if result.test_loss is None:
         summary.add_row("test top-1 / top-5", "none: this data has no test set")
     else:
@@ -408,8 +413,9 @@ def render_bench(result) -> None:
     """One table per device and batch size; as many columns as the terminal shows without cutting a
     number (the long form is in --json and --csv)."""
     env = result.environment
+    flags = ", ".join(env.cpu_flags) or "no AMX or AVX-512"
     out.print(
-        f"torch {env.torch} | {env.device} | {env.threads} threads | {env.cpu} | python {env.python} | "
+        f"torch {env.torch} | {env.device} | {env.threads} threads | {env.cpu} ({flags}) | python {env.python} | "
         f"warm-up {env.warmup}, {env.iters} timed calls",
         highlight=False,
     )

@@ -111,13 +111,31 @@ class TrainSettings(_Section):
     step_size: int | None = Field(None, ge=1, description="step schedule: epochs per decay (default epochs/3)")
     milestones: list[int] | None = Field(None, description="multistep schedule: epochs (default 50%, 75%)")
     gamma: float = Field(0.1, gt=0, le=1, description="step/multistep decay factor")
-    augment: bool = Field(True, description="random crop (4 px padding) and horizontal flip")
+    augment: bool = Field(True, description="random crop (padding 1/8 of the side, 4 px at 32) and horizontal flip")
     cutmix: float = Field(0.0, ge=0, le=4, description="CutMix Beta alpha; 0 = off")
     mixup: float = Field(0.0, ge=0, le=4, description="MixUp Beta alpha; 0 = off")
     mix_prob: float = Field(1.0, ge=0, le=1, description="probability that a batch is mixed")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    amp: Literal["off", "bf16", "fp16"] = Field("off", description="autocast: bf16 (CPU/CUDA), fp16 (CUDA)")
-    channels_last: bool = False
+    auto_augment: Literal["none", "trivialaugment", "randaugment"] = Field(
+        "none", description="per-image TrivialAugment (wide) or RandAugment (2 ops, magnitude 9), on the device"
+    )
+    random_erase: float = Field(0.0, ge=0, le=1, description="probability of erasing a random box of each image")
+    ema_decay: float = Field(
+        0.0, ge=0, lt=1, description="EMA of the weights (e.g. 0.999), decay warmed up as timm does; 0 = off"
+    )
+    ema_eval: bool = Field(True, description="with EMA: validate and select the best checkpoint with the EMA weights")
+    clip_grad: float | None = Field(None, gt=0, le=1e6, description="clip the global gradient norm to this")
+    accum_steps: int = Field(
+        1, ge=1, le=1024, description="gradient accumulation: each step is this many batches (batch x this)"
+    )
+    patience: int | None = Field(
+        None, ge=1, le=10_000, description="early stopping: epochs without a better validation top-1"
+    )
+    keep_top_k: int = Field(0, ge=0, le=1000, description="also keep the k best epochs' weights in RUN_DIR/top/")
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto", description="autocast: auto (bf16 where native, else fp32/fp16), off, bf16 (CPU/CUDA), fp16 (CUDA)"
+    )
+    channels_last: bool | None = Field(None, description="channels-last memory format; unset: with reduced precision")
     compile: bool = Field(False, description="torch.compile the model")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms")
     limit_batches: int | None = Field(None, ge=1, description="at most this many steps per epoch")
@@ -205,6 +223,8 @@ class Settings(BaseSettings):
                 f"which has {' or '.join(map(str, allowed))} classes"
             )
         t = self.train
+        if not t.ema_eval and t.ema_decay == 0:
+            raise ValueError("--no-ema-eval applies with --ema-decay only")
         if t.milestones is not None and t.schedule != "multistep":
             raise ValueError("--milestones applies to --schedule multistep only")
         if t.step_size is not None and t.schedule != "step":

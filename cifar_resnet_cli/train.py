@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed, rundir
 from .augment import mix_batch, preprocess, random_crop_flip
+from .autoaugment import auto_augment, random_erase
 from .checkpoint import (
     CheckpointClock,
     Checkpointer,
@@ -37,8 +38,9 @@ from .checkpoint import (
 )
 from .data import CIFAR_STATS
 from .datasets import CifarData, ImageSet, default_data_dir, load_data_for, settings_for_data
-from .devices import device_description, resolve_device
+from .devices import device_description, resolve_device, resolve_precision
 from .distributed import DistContext, DistributedError, all_reduce_sum, barrier, broadcast_object
+from .ema import WeightsEma
 from .errors import CheckpointError, ConfigError, DownloadError, TrainingDiverged, TrainingInterrupted
 from .evaluate import Scores, autocast, evaluate_model, merge, score_logits
 from .fileio import remove_temporaries, sha256_file
@@ -99,6 +101,9 @@ class TrainResult(BaseModel):
     total_time_s: float
     images_per_s: float
     resumed_from_epoch: int | None
+    stopped_early_epoch: int | None = None  # --patience stopped the run after this epoch
+    ema: bool = False  # best.safetensors and top/ hold the EMA weights (--ema-decay with --ema-eval)
+    precision: str = ""  # what --amp and --channels-last became, and why
     device: str
     processes: int = 1
     history: list[EpochMetrics]
@@ -402,7 +407,7 @@ def _train(settings: Settings, progress: TrainProgress, resume: Path | None, ctx
     started = time.perf_counter()
     _check_runtime(settings, device, ctx)
     data = load_data_for(settings, tasks=progress).to(device)
-    settings = settings_for_data(settings, data)
+    settings, precision = _settings_for_run(settings_for_data(settings, data), data, device)
     warnings = [*data.notes, *_warnings(settings, data, ctx)]
     with stop_on_signals(progress.note) as stop:
         init = None
@@ -420,7 +425,19 @@ def _train(settings: Settings, progress: TrainProgress, resume: Path | None, ctx
             progress.start(run_dir=str(run_dir), epochs=settings.train.epochs, first_epoch=start.epoch + 1,
                            steps=loop.steps)  # fmt: skip
             loop.run(start)
-            return _finish(loop, started, start.epoch if gen is not None else None, warnings)
+            result = _finish(loop, started, start.epoch if gen is not None else None, warnings)
+            return result.model_copy(update={"precision": precision})
+
+
+def _settings_for_run(settings: Settings, data: CifarData, device: torch.device) -> tuple[Settings, str]:
+    """``--amp auto`` and ``--channels-last`` decided for this device (settings.json records the
+    decision, so a resumed run computes as it started), and checks that need the data."""
+    t = settings.train
+    if t.patience is not None and len(data.val) == 0:
+        raise ConfigError("--patience needs a validation split to watch", "drop --patience, or set --val-size above 0")
+    precision = resolve_precision(t.amp, t.channels_last, device)
+    train = t.model_copy(update={"amp": precision.amp, "channels_last": precision.channels_last})
+    return settings.model_copy(update={"train": train}), precision.reason
 
 
 def _check_runtime(settings: Settings, device: torch.device, ctx: DistContext) -> None:
@@ -516,6 +533,8 @@ class _Loop:
     best_epoch: int = 0
     train_time: float = 0.0
     head_times: list[float] = field(default_factory=list)
+    ema: WeightsEma | None = None
+    stopped_early: int | None = None  # the epoch --patience stopped at
 
     @property
     def template(self) -> WeightsMeta:
@@ -528,6 +547,11 @@ class _Loop:
         for epoch in range(start.epoch + 1, t.epochs + 1):
             self._epoch(epoch, first_step, partial, clock)
             first_step, partial = 0, None
+            if t.patience is not None and epoch - self.best_epoch >= t.patience and epoch < t.epochs:
+                self.stopped_early = epoch
+                self.progress.note(f"early stop: no better validation top-1 in {t.patience} epochs "
+                                   f"(best {self.best_top1:.2%} at epoch {self.best_epoch})")  # fmt: skip
+                break
 
     def _epoch(self, epoch: int, first_step: int, partial: dict[str, float] | None, clock: CheckpointClock) -> None:
         t, ctx, device = self.settings.train, self.ctx, self.device
@@ -593,57 +617,88 @@ class _Loop:
             raise self._interrupted(f"after epoch {epoch}")
 
     def _step(self, epoch: int, i: int, idx: torch.Tensor, global_batch: int):
-        """One optimisation step on this rank's share ``idx`` of the batch; returns its summed loss,
-        logits and labels (detached)."""
-        t, ctx, m = self.settings.train, self.ctx, self.template
-        labels = self.data.train.labels[idx]
+        """One optimisation step on this rank's share ``idx`` of the batch (``--accum-steps`` forward and
+        backward passes, then one update); returns its summed loss, logits and labels (detached)."""
+        t, ctx = self.settings.train, self.ctx
         global_step = (epoch - 1) * self.steps + i
         factor = lr_factor(global_step, **self.sched)
         for group in self.optimizer.param_groups:
             group["lr"] = group["peak_lr"] * factor
-        target: torch.Tensor = labels
-        if self.cached:
-            with autocast(self.device, t.amp):
-                logits = self.head(self.train_feats[idx])
-        else:
-            rng = step_generator(t.seed, global_step, ctx.rank)
-            images = self.data.train.images[idx]
-            if t.augment:
-                images = random_crop_flip(images, rng)
-            x = preprocess(images, m.mean, m.std, self.settings.model.image_size, channels_last=t.channels_last)
-            if t.cutmix > 0 or t.mixup > 0:
-                soft = F.one_hot(labels, self.settings.num_classes).float()
-                x, target = mix_batch(x, soft, cutmix_alpha=t.cutmix, mixup_alpha=t.mixup, prob=t.mix_prob,
-                                      generator=rng)  # fmt: skip
-            with autocast(self.device, t.amp):
-                logits = self.forward(x)
-        # Sum over this rank's images / global batch x ranks: DDP's average of the ranks' gradients is
-        # then the gradient of the global mean loss, whatever the shard sizes.
-        loss_total = F.cross_entropy(logits.float(), target, label_smoothing=t.label_smoothing, reduction="sum")
-        loss = loss_total * (ctx.world_size / global_batch)
-        bad = all_reduce_sum(torch.tensor([float(not bool(torch.isfinite(loss)))], device=self.device), ctx)
-        if bad[0] > 0:  # on any rank: every rank stops, none steps
-            raise TrainingDiverged(
-                f"the loss became {float(loss.detach())} at epoch {epoch}, step {i + 1}; last good checkpoint: "
-                f"{self.ckpt.last_good()}",
-                "lower --lr, add --warmup-epochs, or turn off --amp fp16",
-            )
+        inputs, target, labels = self._inputs(global_step, idx)
         self.optimizer.zero_grad(set_to_none=True)
+        losses, logits = [], []
+        parts = list(zip(inputs.tensor_split(t.accum_steps), target.tensor_split(t.accum_steps), strict=True))
+        for k, (x, y) in enumerate(parts):
+            # Sum over this rank's images / global batch x ranks: DDP's average of the ranks' gradients is
+            # then the gradient of the global mean loss, whatever the shard and micro-batch sizes.
+            with self._no_sync(last=k == len(parts) - 1):
+                with autocast(self.device, t.amp):
+                    out = self.head(x) if self.cached else self.forward(x)
+                loss_total = F.cross_entropy(out.float(), y, label_smoothing=t.label_smoothing, reduction="sum")
+                loss = loss_total * (ctx.world_size / global_batch)
+                bad = all_reduce_sum(torch.tensor([float(not bool(torch.isfinite(loss)))], device=self.device), ctx)
+                if bad[0] > 0:  # on any rank: every rank stops before its backward pass, none steps
+                    raise TrainingDiverged(
+                        f"the loss became {float(loss.detach())} at epoch {epoch}, step {i + 1}; last good "
+                        f"checkpoint: {self.ckpt.last_good()}",
+                        "lower --lr, add --warmup-epochs or --clip-grad, or turn off --amp fp16",
+                    )
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            losses.append(loss_total.detach())
+            logits.append(out.detach())
+        self._update(global_step)
+        return torch.stack(losses).sum(), torch.cat(logits), labels
+
+    def _inputs(self, global_step: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch as the model sees it: cached features, or images augmented (all draws from the
+        step's generator, over the whole batch, so accumulation does not change them) and normalised."""
+        t, m = self.settings.train, self.template
+        labels = self.data.train.labels[idx]
+        if self.cached:
+            return self.train_feats[idx], labels, labels
+        rng = step_generator(t.seed, global_step, self.ctx.rank)
+        images = self.data.train.images[idx]
+        if t.augment:
+            images = random_crop_flip(images, rng, padding=max(1, round(images.shape[-1] / 8)))
+        images = auto_augment(images, t.auto_augment, rng)
+        x = preprocess(images, m.mean, m.std, self.settings.model.image_size, channels_last=t.channels_last)
+        x = random_erase(x, t.random_erase, rng)
+        target: torch.Tensor = labels
+        if t.cutmix > 0 or t.mixup > 0:
+            soft = F.one_hot(labels, self.settings.num_classes).float()
+            x, target = mix_batch(x, soft, cutmix_alpha=t.cutmix, mixup_alpha=t.mixup, prob=t.mix_prob,
+                                  generator=rng)  # fmt: skip
+        return x, target, labels
+
+    def _no_sync(self, *, last: bool):
+        """Under DDP, gradients are all-reduced once per step: on the last micro-batch."""
+        module = self.head if self.cached else self.forward
+        sync = getattr(module, "no_sync", None)
+        return nullcontext() if last or sync is None else sync()
+
+    def _update(self, global_step: int) -> None:
+        """Clip (``--clip-grad``), step the optimiser, and move the EMA of the weights."""
+        t = self.settings.train
+        if t.clip_grad is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, t.clip_grad)
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
             self.optimizer.step()
-        return loss_total.detach(), logits.detach(), labels
+        if self.ema is not None:
+            self.ema.update(self.model, global_step)
 
     def _validate(self, epoch: int) -> Scores | None:
         """Validation scores (they select the best checkpoint); a non-finite loss stops the run."""
         if not len(self.data.val):
             return None
         t = self.settings.train
-        val = _evaluate(self.model, self.data.val, self.settings, self.template, self.ctx, self.device, amp=t.amp,
+        model = self.ema.model if self.ema is not None and t.ema_eval else self.model
+        val = _evaluate(model, self.data.val, self.settings, self.template, self.ctx, self.device, amp=t.amp,
                         channels_last=t.channels_last, features=self.val_feats, tasks=self.progress,
                         label=f"validation, epoch {epoch}")  # fmt: skip
         if not math.isfinite(val.loss):
@@ -656,7 +711,7 @@ class _Loop:
 
     def _save(self, progress: Progress, clock: CheckpointClock) -> None:
         progress.history = [h.model_dump() for h in self.history]
-        self.ckpt.save(self.model, self.optimizer, self.scaler, progress)
+        self.ckpt.save(self.model, self.optimizer, self.scaler, progress, self.ema.tensors() if self.ema else None)
         clock.reset()
         barrier(self.ctx)
 
@@ -687,15 +742,22 @@ def _prepare(settings: Settings, data: CifarData, ctx: DistContext, device: torc
     model.to(device)
     if t.channels_last:
         model.to(memory_format=torch.channels_last)
-    n_batches = math.ceil(len(data.train) / t.batch_size)
+    n_batches = math.ceil(len(data.train) / (t.batch_size * t.accum_steps))  # optimisation steps per epoch
     steps = min(n_batches, t.limit_batches or n_batches)
     sinks = MetricsSinks(run_dir, tensorboard=ctx.is_main and tensorboard_enabled(t.tensorboard))
-    ckpt = Checkpointer(run_dir, template.model_copy(update={"run": run_dir.name}), write=ctx.is_main, sinks=sinks)
+    ckpt = Checkpointer(run_dir, template.model_copy(update={"run": run_dir.name}), write=ctx.is_main, sinks=sinks,
+                        best_from_ema=t.ema_decay > 0 and t.ema_eval, keep_top_k=t.keep_top_k)  # fmt: skip
     loop = _Loop(settings=settings, ctx=ctx, device=device, data=data, model=model,
                  optimizer=make_optimizer(model, settings),
                  scaler=torch.amp.GradScaler("cuda") if t.amp == "fp16" else None, ckpt=ckpt, progress=progress,
                  stop=stop, steps=steps, n_batches=n_batches, sched=_schedule_args(settings, steps))  # fmt: skip
+    if t.ema_decay > 0:
+        loop.ema = WeightsEma(model, t.ema_decay)
     if gen is not None:
+        if loop.ema is not None:
+            if gen.ema is None:
+                raise CheckpointError(f"{run_dir / rundir.LAST_STATE} holds no EMA weights", "start a new run")
+            loop.ema.load(gen.ema)
         restore_optimizer(loop.optimizer, gen)
         torch.set_rng_state(gen.rng)
         if loop.scaler is not None and gen.header["scaler"]:
@@ -720,7 +782,8 @@ def _check_resumable(run_dir: Path, start: Progress, epochs: int) -> None:
 def _wrap(loop: _Loop) -> None:
     """Feature cache, DDP and torch.compile around the model, as the settings ask."""
     t, ctx, model = loop.settings.train, loop.ctx, loop.model
-    loop.cached = t.freeze_backbone and t.cache_features and not t.augment and t.cutmix == 0 and t.mixup == 0
+    loop.cached = (t.freeze_backbone and t.cache_features and not t.augment and t.cutmix == 0 and t.mixup == 0
+                   and t.auto_augment == "none" and t.random_erase == 0)  # fmt: skip
     if loop.cached:
         size, batch = loop.settings.model.image_size, loop.settings.eval.batch_size
         tick = time.perf_counter()
@@ -778,7 +841,8 @@ def _finish(loop: _Loop, started: float, resumed_from: int | None, warnings: lis
         train_time_s=loop.train_time,
         feature_extraction_s=loop.extract_s, feature_images_per_s=extract_ips, head_images_per_s=head_ips,
         total_time_s=time.perf_counter() - started, images_per_s=trained_images / max(loop.train_time, 1e-9),
-        resumed_from_epoch=resumed_from, device=device_description(device), processes=ctx.world_size,
+        resumed_from_epoch=resumed_from, stopped_early_epoch=loop.stopped_early, ema=loop.ckpt.best_from_ema,
+        device=device_description(device), processes=ctx.world_size,
         history=history, warnings=warnings,
     )  # fmt: skip
     loop.ckpt.sinks.close()

@@ -135,6 +135,8 @@ def assert_same_run(a: Path, b: Path) -> None:
     ga, gb = read_generation(a), read_generation(b)
     assert ga.weights.keys() == gb.weights.keys()
     assert all(torch.equal(ga.weights[k], gb.weights[k]) for k in ga.weights), "weights differ"
+    assert (ga.ema is None) == (gb.ema is None)
+    assert ga.ema is None or all(torch.equal(ga.ema[k], gb.ema[k]) for k in ga.ema), "EMA weights differ"
     assert ga.optimizer_tensors.keys() == gb.optimizer_tensors.keys() and ga.optimizer_tensors
     assert all(torch.equal(ga.optimizer_tensors[k], gb.optimizer_tensors[k]) for k in ga.optimizer_tensors)
     assert (ga.progress.epoch, ga.progress.global_step, ga.progress.best_epoch, ga.progress.best_top1) == (

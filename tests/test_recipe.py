@@ -1,0 +1,155 @@
+"""The training recipe: EMA, accumulation, clipping, early stopping, top-k checkpoints, --amp auto."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import assert_same_run
+from safetensors.torch import load_file
+from test_train import TINY, _InterruptAt, _settings
+
+from cifar_resnet_cli import devices
+from cifar_resnet_cli import train as train_module
+from cifar_resnet_cli.ema import WeightsEma, ema_decay_at
+from cifar_resnet_cli.train import TrainingInterrupted, train
+
+
+def test_ema_decay_warms_up_as_timm_and_averages_as_stated() -> None:
+    assert ema_decay_at(0.999, 0) == 0.0  # the first update copies the weights
+    assert ema_decay_at(0.999, 7) == pytest.approx(1 - 8 ** (-2 / 3))  # 0.75
+    assert ema_decay_at(0.9, 10_000) == 0.9  # capped at --ema-decay
+    model = torch.nn.Linear(3, 2)
+    ema = WeightsEma(model, 0.5)
+    before = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model, 0)
+    assert torch.equal(ema.model.weight, model.weight)  # decay 0
+    with torch.no_grad():
+        model.weight.add_(2.0)
+    ema.update(model, 100)  # decay min(0.5, ...) = 0.5
+    assert torch.allclose(ema.model.weight, 0.5 * (before + 1) + 0.5 * (before + 3))
+
+
+def test_resume_is_bit_identical_with_ema_and_batched_augmentation() -> None:
+    kw = {"limit_batches": 3, "ema_decay": 0.9, "auto_augment": "trivialaugment", "random_erase": 0.5,
+          "clip_grad": 5.0, "amp": "off"}  # fmt: skip
+    straight = train(_settings(train={**kw, "name": "straight"}))
+    with pytest.raises(TrainingInterrupted):
+        train(_settings(train={**kw, "name": "split"}), _InterruptAt(epoch=2, step=1))
+    run = Path("runs/split")
+    train(train_module.settings_for_resume(run, {}), resume=run)
+    assert_same_run(Path(straight.run_dir), run)
+    assert straight.ema and (run / "last.ema.safetensors").is_file()
+    # best.safetensors holds the EMA weights that validation scored, last.safetensors the raw ones.
+    best, raw = load_file(run / "best.safetensors"), load_file(run / "last.safetensors")
+    ema = load_file(run / "last.ema.safetensors")
+    assert not torch.equal(ema["fc.weight"], raw["fc.weight"])
+    if straight.best_epoch == 2:
+        assert torch.equal(best["fc.weight"], ema["fc.weight"])
+
+
+def test_accumulation_equals_the_larger_batch() -> None:
+    # A frozen backbone keeps BatchNorm in eval mode, so 4 batches of 15 compute what one batch of 60
+    # does; only the order of floating-point sums differs (about 1e-7 relative per sum), which is far
+    # below 1e-3 of the update, while a wrong loss scale (x4) would be the size of the update itself.
+    common = {"freeze_backbone": True, "cache_features": False, "augment": True, "amp": "off", "epochs": 1,
+              "lr": 0.5, "limit_batches": 3}  # fmt: skip
+    big = train(_settings(train={**common, "batch_size": 60, "name": "big"}))
+    small = train(_settings(train={**common, "batch_size": 15, "accum_steps": 4, "name": "accum"}))
+    assert big.steps_per_epoch == small.steps_per_epoch == 3
+    a = load_file(Path(big.run_dir) / "last.safetensors")["fc.weight"]
+    b = load_file(Path(small.run_dir) / "last.safetensors")["fc.weight"]
+    assert float((a - b).norm()) < 1e-3 * float((a - _initial_fc()).norm())
+    assert big.history[0].train_loss == pytest.approx(small.history[0].train_loss, rel=1e-5)
+
+
+def _initial_fc() -> torch.Tensor:
+    settings = _settings(train={"freeze_backbone": True})
+    from cifar_resnet_cli.datasets import load_cifar
+
+    data = load_cifar("synthetic", Path("data"), download=False, val_size=200, split_seed=0, synthetic_size=600)
+    return train_module.initial_model(settings, data).model.fc.weight.detach()
+
+
+def test_clip_grad_bounds_every_update() -> None:
+    kw = {"freeze_backbone": True, "amp": "off", "epochs": 1, "limit_batches": 4, "weight_decay": 0.0,
+          "momentum": 0.0, "lr": 1.0}  # fmt: skip
+    clipped = train(_settings(train={**kw, "clip_grad": 1e-3, "name": "clipped"}))
+    free = train(_settings(train={**kw, "name": "free"}))
+    w0 = _initial_fc()
+    moved = float((load_file(Path(clipped.run_dir) / "last.safetensors")["fc.weight"] - w0).norm())
+    assert moved <= 4 * 1.0 * 1e-3 * (1 + 1e-5)  # steps x lr x max norm (the bias is clipped jointly)
+    assert float((load_file(Path(free.run_dir) / "last.safetensors")["fc.weight"] - w0).norm()) > 10 * moved
+
+
+def test_patience_stops_and_top_k_keeps_the_k_best(cli) -> None:
+    # A learning rate of 1e-9 cannot improve validation top-1, so --patience 1 stops after epoch 2.
+    flat = cli.json("train", *TINY, "--epochs", "5", "--freeze-backbone", "--no-augment", "--lr", "1e-9",
+                    "--patience", "1", "--name", "flat")  # fmt: skip
+    assert flat["stopped_early_epoch"] == 2 and len(flat["history"]) == 2 and flat["best_epoch"] == 1
+    run = cli.json("train", *TINY, "--epochs", "4", "--keep-top-k", "2", "--name", "topk")
+    rows = [json.loads(line) for line in (Path(run["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    ranked = sorted(rows, key=lambda r: (-r["val_top1"], r["epoch"]))[:2]
+    kept = sorted(p.name for p in (Path(run["run_dir"]) / "top").iterdir())
+    assert kept == sorted(f"epoch-{r['epoch']:04d}.safetensors" for r in ranked)
+    best = load_file(Path(run["run_dir"]) / "best.safetensors")
+    top = load_file(Path(run["run_dir"]) / "top" / f"epoch-{run['best_epoch']:04d}.safetensors")
+    assert all(torch.equal(best[k], top[k]) for k in best)
+
+
+@pytest.mark.parametrize(
+    ("flags", "device", "bf16_gpu", "expected"),
+    [
+        (["amx_bf16", "amx_tile", "avx512_bf16", "avx512f"], "cpu", None, ("bf16", True)),
+        (["avx512_bf16", "avx512_vnni", "avx512f"], "cpu", None, ("bf16", True)),
+        (["avx512f"], "cpu", None, ("off", False)),
+        ([], "cpu", None, ("off", False)),
+        ([], "cuda", True, ("bf16", True)),
+        ([], "cuda", False, ("fp16", True)),
+    ],
+)
+def test_amp_auto_choices(monkeypatch, flags, device, bf16_gpu, expected) -> None:
+    monkeypatch.setattr(devices, "cpu_matrix_flags", lambda: flags)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_gpu)
+    chosen = devices.resolve_precision("auto", None, torch.device(device))
+    assert (chosen.amp, chosen.channels_last) == expected and chosen.reason.startswith("auto")
+    asked = devices.resolve_precision("off", True, torch.device(device))
+    assert (asked.amp, asked.channels_last) == ("off", True) and "asked for" in asked.reason
+
+
+def test_the_run_says_what_precision_it_chose(cli) -> None:
+    run = cli.json("train", *TINY, "--epochs", "1", "--limit-batches", "1")
+    settings = json.loads((Path(run["run_dir"]) / "settings.json").read_text())
+    assert settings["train"]["amp"] in ("bf16", "off") and run["precision"].startswith("auto:")
+    native = any(f in devices.cpu_matrix_flags() for f in ("amx_bf16", "avx512_bf16"))
+    assert settings["train"]["amp"] == ("bf16" if native else "off")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ema-decay", "1.0"], "ema_decay"),
+        (["--ema-decay", "-0.1"], "ema_decay"),
+        (["--no-ema-eval"], "--no-ema-eval applies with --ema-decay only"),
+        (["--random-erase", "1.5"], "random_erase"),
+        (["--auto-augment", "autoaugment"], "'autoaugment' is not one of"),
+        (["--clip-grad", "0"], "clip_grad"),
+        (["--accum-steps", "0"], "accum_steps"),
+        (["--patience", "0"], "patience"),
+        (["--keep-top-k", "-1"], "keep_top_k"),
+        (["--amp", "fp8"], "'fp8' is not one of"),
+    ],
+)
+def test_bad_recipe_options_are_one_clear_line(cli, args: list[str], message: str) -> None:
+    r = cli("train", *TINY, *args)
+    assert r.exit_code == 2 and message in r.err, r.stderr
+    assert not Path("runs").exists()
+
+
+def test_patience_without_validation_is_refused(cli) -> None:
+    r = cli("train", *TINY, "--val-size", "0", "--patience", "2")
+    assert r.exit_code == 1 and "--patience needs a validation split" in r.err
