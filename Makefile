@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## the main job end to end, offline
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
 
-test: $(STAMP)  ## the test suite (CPU; about 9 minutes on 2 cores)
+test: $(STAMP)  ## the test suite (CPU; about 10 minutes on 2 cores)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

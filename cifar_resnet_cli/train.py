@@ -627,7 +627,11 @@ class _Loop:
         inputs, target, labels = self._inputs(global_step, idx)
         self.optimizer.zero_grad(set_to_none=True)
         losses, logits = [], []
-        parts = list(zip(inputs.tensor_split(t.accum_steps), target.tensor_split(t.accum_steps), strict=True))
+        parts = [
+            (x, y)
+            for x, y in zip(inputs.tensor_split(t.accum_steps), target.tensor_split(t.accum_steps), strict=True)
+            if len(x)
+        ]  # a short last batch may not fill every part
         for k, (x, y) in enumerate(parts):
             # Sum over this rank's images / global batch x ranks: DDP's average of the ranks' gradients is
             # then the gradient of the global mean loss, whatever the shard and micro-batch sizes.
