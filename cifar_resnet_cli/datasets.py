@@ -169,6 +169,7 @@ class CifarData:
     folder: Path
     synthetic: bool
     notes: tuple[str, ...] = ()  # what the reader skipped, chose or could not do
+    skipped: tuple[str, ...] = ()  # image folders: every file that was not read, "path (reason)"
 
     def to(self, device: torch.device) -> CifarData:
         return dataclasses.replace(self, train=self.train.to(device), val=self.val.to(device),
@@ -355,7 +356,8 @@ def load_image_folder(root: Path, image_size: int, *, val_size: int | None, val_
         empty = torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)
         test = ImageSet(empty, torch.empty(0, dtype=torch.int64))
         notes.append(f"{root} has no test/ folder: there is no test set, so no test accuracy is reported")
-    return CifarData("folder", found.classes, train, val, test, root, False, tuple(notes))
+    skipped = tuple(f"{rel} ({why})" for rel, why in found.skipped)
+    return CifarData("folder", found.classes, train, val, test, root, False, tuple(notes), skipped)
 
 
 def load_data_for(settings: Settings, meta: WeightsMeta | None = None, checkpoint: Path | None = None,

@@ -108,6 +108,7 @@ class TrainResult(BaseModel):
     processes: int = 1
     history: list[EpochMetrics]
     warnings: list[str]
+    skipped_files: list[str] = []  # image folders: every file that could not be read, with the reason
 
 
 class TrainProgress(Tasks, Protocol):
@@ -847,7 +848,7 @@ def _finish(loop: _Loop, started: float, resumed_from: int | None, warnings: lis
         total_time_s=time.perf_counter() - started, images_per_s=trained_images / max(loop.train_time, 1e-9),
         resumed_from_epoch=resumed_from, stopped_early_epoch=loop.stopped_early, ema=loop.ckpt.best_from_ema,
         device=device_description(device), processes=ctx.world_size,
-        history=history, warnings=warnings,
+        history=history, warnings=warnings, skipped_files=list(data.skipped),
     )  # fmt: skip
     loop.ckpt.sinks.close()
     if ctx.is_main:

@@ -264,8 +264,11 @@ def test_train_eval_predict_on_a_folder_name_the_users_classes(cli, tmp_path: Pa
 
 def test_folder_without_test_reports_no_test_set(cli, tmp_path: Path) -> None:
     root = make_folder(tmp_path / "photos", per_class=10, splits=("train",))
+    (root / "train" / "dog" / "broken.png").write_bytes(b"not a png")
     run = cli.json("train", "--dataset", "folder", "--data-dir", root, "--init", "none", "--epochs", "1",
                    "--batch-size", "9")  # fmt: skip
+    assert run["skipped_files"] == ["train/dog/broken.png (UnidentifiedImageError: cannot identify image file "
+                                    f"'{root / 'train' / 'dog' / 'broken.png'}')"]  # fmt: skip
     assert run["test_top1"] is None and run["test_images"] == 0
     assert any("no test/ folder" in w for w in run["warnings"])
     r = cli("eval", run["best_checkpoint"])
