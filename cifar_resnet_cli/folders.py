@@ -101,7 +101,10 @@ def scan(root: Path) -> Scan:
         raise FolderError(f"{root} is not a folder" if root.exists() else f"{root} does not exist", LAYOUT_HINT)
     if not (root / "train").is_dir():
         found = ", ".join(p.name + "/" for p in _subdirs(root)[:5]) or "no folders"
-        raise FolderError(f"{root} has no train/ folder (it holds {found})", LAYOUT_HINT)
+        hint = (
+            f"pass --data-dir {root.parent}, the folder that holds {root.name}/" if root.name in SPLITS else LAYOUT_HINT
+        )
+        raise FolderError(f"{root} has no train/ folder (it holds {found})", hint)
     classes = tuple(p.name for p in _subdirs(root / "train"))
     if len(classes) < 2:
         raise FolderError(

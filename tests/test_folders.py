@@ -152,6 +152,13 @@ def test_folders_that_are_not_datasets(tmp_path: Path, make, message: str) -> No
         _read(root)
 
 
+def test_pointing_at_train_itself_names_the_folder_to_pass(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "photos", per_class=2, splits=("train",))
+    with pytest.raises(CifarResnetError) as caught:
+        _read(root / "train")
+    assert caught.value.hint == f"pass --data-dir {root}, the folder that holds train/"
+
+
 def test_val_with_a_class_train_lacks_and_a_class_of_broken_files(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "photos", per_class=4)
     (root / "val" / "wolf").mkdir()
