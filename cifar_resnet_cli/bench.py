@@ -28,6 +28,7 @@ from .export import DTYPES, Deployed, build_variant, compare, is_archive, load_a
 from .fileio import atomic_write_bytes, check_writable
 from .model import resnet34
 from .progress import Tasks, task
+from .rounds import quantile
 from .settings import BenchSettings, Settings
 from .weights import load_model
 
@@ -102,13 +103,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    pos = q * (len(ordered) - 1)
-    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
 def time_variant(fn, x: torch.Tensor, device: torch.device, *, warmup: int, iters: int) -> tuple[float, list[float]]:
     """The first call (cold start), then ``warmup`` untimed calls, then ``iters`` timed calls."""
     with torch.inference_mode():
@@ -143,7 +137,7 @@ def _fill(row: Timing, cold: float, times: list[float]) -> None:
     """A row's timing statistics from its cold start and its timed calls."""
     med = statistics.median(times)
     row.cold_start_s, row.median_s, row.mean_s = cold, med, statistics.fmean(times)
-    row.p90_s, row.p25_s, row.p75_s = _quantile(times, 0.9), _quantile(times, 0.25), _quantile(times, 0.75)
+    row.p90_s, row.p25_s, row.p75_s = quantile(times, 0.9), quantile(times, 0.25), quantile(times, 0.75)
     row.iters, row.images_per_s = len(times), row.batch_size / med
 
 
@@ -228,8 +222,8 @@ def benchmark(settings: Settings, path: Path | None = None, *, csv_path: Path | 
         base = raw.get((0, row.batch_size))
         if base and row.median_s:
             row.speedup = statistics.median(base) / row.median_s
-            row.speedup_low = _quantile(base, 0.25) / (row.p75_s or row.median_s)
-            row.speedup_high = _quantile(base, 0.75) / (row.p25_s or row.median_s)
+            row.speedup_low = quantile(base, 0.25) / (row.p75_s or row.median_s)
+            row.speedup_high = quantile(base, 0.75) / (row.p25_s or row.median_s)
     timings.sort(key=lambda t: b.batch_sizes.index(t.batch_size))  # stable: variant order kept per batch
     fastest = {}
     for batch in b.batch_sizes:

@@ -143,7 +143,10 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, gen: Generation) -> None
     current = optimizer.state_dict()["param_groups"]
     if [len(g["params"]) for g in saved] != [len(g["params"]) for g in current]:
         raise CheckpointError("the saved optimizer state does not fit this model's trainable parameters")
+    chosen = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
     optimizer.load_state_dict({"state": state, "param_groups": saved})
+    for group, impl in zip(optimizer.param_groups, chosen, strict=True):
+        group.update(impl)  # the implementation is this device's choice, not the saved run's
 
 
 def meta_at(template: WeightsMeta, progress: Progress) -> WeightsMeta:

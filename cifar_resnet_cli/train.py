@@ -192,11 +192,20 @@ def param_groups(model: ResNet, settings: Settings) -> list[dict[str, Any]]:
 
 
 def make_optimizer(model: ResNet, settings: Settings) -> torch.optim.Optimizer:
+    """SGD or AdamW, with the fused implementation (one kernel over every tensor) where this torch
+    has it for the model's device: the same numbers, and on a 2-core CPU the SGD step of ResNet34
+    takes about 8 ms instead of about 90 ms with the per-tensor loop (see the README)."""
     t = settings.train
     groups = param_groups(model, settings)
+    fused = {"fused": True} if fused_supported(model) else {}
     if t.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=t.lr, betas=(t.momentum, 0.999))
-    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0)
+        return torch.optim.AdamW(groups, lr=t.lr, betas=(t.momentum, 0.999), **fused)
+    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0, **fused)
+
+
+def fused_supported(model: torch.nn.Module) -> bool:
+    """Whether torch's fused SGD/AdamW kernels serve every trainable parameter (CPU and CUDA, float)."""
+    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
 
 
 # ---------------------------------------------------------------------------------------------
