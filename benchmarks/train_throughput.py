@@ -77,6 +77,7 @@ VARIANTS: dict[str, tuple[dict[str, dict[str, Any]], Callable[[], Any] | None, s
     "ours-unfused": ({}, _unfused, "optimiser's per-tensor loop, not fused"),
     "ours-compile": ({"train": {"compile": True}}, None, "torch.compile of the model"),
     "ours-no-augment": ({"train": {"augment": False}}, None, "no crop/flip (augmentation cost)"),
+    "ours-batch128": ({"train": {"batch_size": 128}}, None, "batch 128 (images/s counted per image)"),
 }
 
 
@@ -205,12 +206,12 @@ class Ours:
     first_step_s: float | None = None
     step_s: list[float] = field(default_factory=list)
 
-    def settings(self, extra_steps: int = 0):
+    def settings(self):
         base: dict[str, dict[str, Any]] = {
             "data": {"dataset": "cifar10", "data_dir": str(self.data_dir), "download": False, "val_size": 0},
             "model": {"stem": self.stem, "image_size": self.size},
             "train": {"init": "none", "epochs": 1, "batch_size": self.batch, "lr": 0.05, "schedule": "constant",
-                      "limit_batches": self.steps + self.warmup + extra_steps, "runs_dir": str(self.runs)},
+                      "limit_batches": self.steps + self.warmup, "runs_dir": str(self.runs)},
         }  # fmt: skip
         for section, values in self.overrides.items():
             base.setdefault(section, {}).update(values)
@@ -223,6 +224,9 @@ class Ours:
             except _Enough:
                 return
         raise RuntimeError("the run ended before the timed steps were done (too few training images?)")
+
+    def __post_init__(self) -> None:
+        self.batch = self.settings().train.batch_size  # a variant may change it: images are counted with it
 
     def __call__(self) -> Measure:
         clock = _Clock(self.warmup + self.steps, self.device)

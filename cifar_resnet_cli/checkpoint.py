@@ -147,6 +147,19 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, gen: Generation) -> None
     optimizer.load_state_dict({"state": state, "param_groups": saved})
     for group, impl in zip(optimizer.param_groups, chosen, strict=True):
         group.update(impl)  # the implementation is this device's choice, not the saved run's
+        for param in group["params"]:
+            _match_layout(optimizer.state.get(param, {}), param)
+
+
+def _match_layout(entry: dict[str, Any], param: torch.Tensor) -> None:
+    """Give the parameter's memory layout back to its state tensors (saved contiguous).
+
+    torch's fused SGD/AdamW kernels walk a parameter and its state as flat storage: a momentum
+    buffer in NCHW beside a channels-last weight pairs the wrong elements, silently (torch 2.14).
+    """
+    for key, value in entry.items():
+        if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+            entry[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def meta_at(template: WeightsMeta, progress: Progress) -> WeightsMeta:

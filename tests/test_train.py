@@ -372,3 +372,25 @@ def test_compiled_training_steps_equal_eager_within_float_tolerance(tmp_path: Pa
     eager3 = train(_settings(train={**three, "name": "eager3"}))
     compiled3 = train(_settings(train={**three, "compile": True, "name": "compiled3"}))
     assert compiled3.history[0].train_loss == pytest.approx(eager3.history[0].train_loss, rel=2e-2)
+
+
+def test_restored_optimizer_state_takes_the_parameters_layout() -> None:
+    """A channels-last weight's momentum buffer comes back from the checkpoint contiguous (NCHW);
+    torch's fused SGD would pair the wrong elements with it. Restoring gives it the weight's layout,
+    so the fused step equals the per-tensor one (which honours strides)."""
+    from cifar_resnet_cli.checkpoint import _match_layout
+
+    torch.manual_seed(0)
+    grad = torch.randn(8, 4, 3, 3).to(memory_format=torch.channels_last)
+    buf = torch.randn(8, 4, 3, 3)  # as read back from safetensors: contiguous
+    results = []
+    for fused in (False, True):
+        w = torch.nn.Parameter(torch.ones(8, 4, 3, 3).to(memory_format=torch.channels_last))
+        w.grad = grad.clone()
+        opt = torch.optim.SGD([w], lr=0.1, momentum=0.9, fused=fused)
+        opt.state[w]["momentum_buffer"] = buf.clone()
+        _match_layout(opt.state[w], w)
+        assert opt.state[w]["momentum_buffer"].stride() == w.stride()
+        opt.step()
+        results.append(w.detach().clone())
+    assert torch.equal(results[0], results[1])
