@@ -26,6 +26,7 @@ from .devices import cpu_matrix_flags, cpu_name, device_description, resolve_dev
 from .errors import CifarResnetError
 from .export import DTYPES, Deployed, build_variant, compare, is_archive, load_archive, tolerances
 from .fileio import atomic_write_bytes, check_writable
+from .machine import matmul_rate, model_flops
 from .model import resnet34
 from .progress import Tasks, task
 from .rounds import quantile
@@ -59,6 +60,8 @@ class Timing(BaseModel):
     correct: bool | None = None
     baseline: bool = False
     error: str | None = None
+    gflops_per_s: float | None = None  # images/s x the model's forward FLOPs
+    share_of_peak: float | None = None  # of this device's matmul rate in the row's dtype
 
 
 class FastestVariant(BaseModel):
@@ -85,6 +88,9 @@ class Environment(BaseModel):
     python: str
     warmup: int
     iters: int
+    matmul_n: int = 0  # the device's limit: an n x n matmul per dtype (0: not measured)
+    matmul_gflops: dict[str, float] = {}
+    gflop_per_image: float | None = None  # the model's forward pass, torch.utils.flop_counter
 
 
 class BenchResult(BaseModel):
@@ -234,7 +240,7 @@ def benchmark(settings: Settings, path: Path | None = None, *, csv_path: Path | 
                 batch_size=batch, variant=best.variant, dtype=best.dtype, layout=best.layout,
                 median_s=best.median_s or 0.0, images_per_s=best.images_per_s or 0.0, speedup=best.speedup or 0.0,
             )  # fmt: skip
-    env = _environment(settings, device)
+    env = _environment(settings, device, stem=model.stem, size=size, timings=timings)
     if csv_path is not None:
         _write_csv(csv_path, timings)
     return BenchResult(checkpoint=str(path) if path else None, random_init=path is None, environment=env,
@@ -251,11 +257,27 @@ def _write_csv(path: Path, timings: list[Timing]) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def _environment(settings: Settings, device: torch.device) -> Environment:
+def _environment(settings: Settings, device: torch.device, *, stem: str, size: int,
+                 timings: list[Timing]) -> Environment:  # fmt: skip
+    """Where the timings ran, and the device's limit: the rate of an n x n matmul in each dtype that
+    was timed (measured after the timings, so it does not warm the device for them), and every row's
+    share of it."""
     b = settings.bench
-    return Environment(torch=torch.__version__, device=device_description(device), threads=torch.get_num_threads(),
-                       cpu=cpu_name(), cpu_flags=cpu_matrix_flags(), python=platform.python_version(),
-                       warmup=b.warmup, iters=b.iters)  # fmt: skip
+    env = Environment(torch=torch.__version__, device=device_description(device), threads=torch.get_num_threads(),
+                      cpu=cpu_name(), cpu_flags=cpu_matrix_flags(), python=platform.python_version(),
+                      warmup=b.warmup, iters=b.iters)  # fmt: skip
+    if not b.peak_matmul:
+        return env
+    flops = model_flops(stem, size, training=False)
+    dtypes = sorted({t.dtype for t in timings if t.dtype in DTYPES} | {"fp32"})
+    env.matmul_n, env.gflop_per_image = b.peak_matmul, flops / 1e9
+    env.matmul_gflops = {d: matmul_rate(d, device, n=b.peak_matmul, min_seconds=0.25).gflops for d in dtypes}
+    for t in timings:
+        if t.images_per_s:
+            t.gflops_per_s = t.images_per_s * flops / 1e9
+            rate = env.matmul_gflops.get(t.dtype)
+            t.share_of_peak = t.gflops_per_s / rate if rate else None
+    return env
 
 
 def _benchmark_archive(settings: Settings, path: Path, device: torch.device, csv_path: Path | None,
@@ -285,6 +307,7 @@ def _benchmark_archive(settings: Settings, path: Path, device: torch.device, csv
         _write_csv(csv_path, timings)
     warning = (f"{path} is an archive: it is timed alone (no eager model inside it to compare with); bench the "
                "checkpoint it was exported from for speed-ups and agreement")  # fmt: skip
-    return BenchResult(checkpoint=str(path), random_init=False, environment=_environment(settings, device),
+    env = _environment(settings, device, stem=meta.stem, size=size, timings=timings)
+    return BenchResult(checkpoint=str(path), random_init=False, environment=env,
                        timings=timings, fastest_correct={}, source_reference=SOURCE_TABLE,
                        csv=str(csv_path) if csv_path else None, warnings=[warning])  # fmt: skip

@@ -900,6 +900,13 @@ def bench_cmd(
     stem: StemOpt = None,
     warmup: Annotated[Optional[int], _opt("--warmup", "Untimed calls after the first. (default: 10)")] = None,
     iters: Annotated[Optional[int], _opt("--iters", "Timed calls per variant. (default: 50)")] = None,
+    peak_matmul: Annotated[
+        Optional[int],
+        _opt(
+            "--peak-matmul",
+            "n of the n x n matmul per dtype that measures the device's limit; 0 skips. (default: 2048)",
+        ),
+    ] = None,
     csv: Annotated[Optional[Path], _opt("--csv", "Also write every timing to this CSV file.")] = None,
     device: DeviceOpt = None,
     config: ConfigOpt = None,
@@ -910,7 +917,8 @@ def bench_cmd(
 
     Same input and warm-up for every variant; the first call is reported as cold start (compile
     time for compile); median, p90 and spread over --iters calls; speed-up over eager fp32; and each
-    variant's output against eager fp32, so a fast but wrong variant shows as wrong.
+    variant's output against eager fp32, so a fast but wrong variant shows as wrong. The device's
+    limit is measured first (an n x n matmul per dtype): each row's share of it is in % peak.
 
     Examples:
 
@@ -935,6 +943,7 @@ def bench_cmd(
         "model.stem": stem,
         "bench.warmup": warmup,
         "bench.iters": iters,
+        "bench.peak_matmul": peak_matmul,
         "device": device,
     }
     with report.TaskBars(keep=True) as bars:  # each variant's build (compile) and timing as its own line

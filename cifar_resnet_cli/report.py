@@ -384,7 +384,7 @@ def _ms(seconds: float | None) -> str:
 
 # Columns of the bench table, most important first; a narrow terminal shows the first ones that fit.
 _BENCH_COLUMNS = ("variant", "median ms", "images/s", "speed-up (IQR)", "top-1 agree", "output", "max |diff|",
-                  "p90 ms", "cold start s", "Average Inference Time (seconds)")  # fmt: skip
+                  "p90 ms", "cold start s", "Average Inference Time (seconds)", "% peak")  # fmt: skip
 _BENCH_WIDTHS = {80: 6, 100: 7, 120: 9}  # terminal width -> columns shown (all of them above 120)
 
 
@@ -406,6 +406,7 @@ def _bench_cells(t) -> dict[str, object]:
         "top-1 agree": f"{t.top1_agreement:.0%}" if checked else "-", "output": verdict,
         "max |diff|": f"{t.max_abs_diff:.2g}" if checked else "-", "p90 ms": _ms(t.p90_s),
         "cold start s": f"{t.cold_start_s:.3f}", "Average Inference Time (seconds)": f"{t.mean_s:.4f}",
+        "% peak": "-" if t.share_of_peak is None else f"{t.share_of_peak:.0%}",
     }  # fmt: skip
 
 
@@ -419,6 +420,11 @@ def render_bench(result) -> None:
         f"warm-up {env.warmup}, {env.iters} timed calls",
         highlight=False,
     )
+    if env.matmul_gflops:
+        rates = ", ".join(f"{d} {g:.0f}" for d, g in env.matmul_gflops.items())
+        out.print(f"device limit: {env.matmul_n}x{env.matmul_n} matmul {rates} GFLOP/s; the model: "
+                  f"{env.gflop_per_image:.2f} GFLOP per image (forward); % peak = images/s x that / the rate "
+                  "of the row's dtype", highlight=False)  # fmt: skip
     shown = next((n for width, n in sorted(_BENCH_WIDTHS.items()) if out.width <= width), len(_BENCH_COLUMNS))
     columns = _BENCH_COLUMNS[:shown]
     groups: dict[tuple[str, int, int], list] = {}

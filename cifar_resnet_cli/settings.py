@@ -197,6 +197,9 @@ class BenchSettings(_Section):
     batch_sizes: list[Annotated[int, Field(ge=1, le=65_536)]] = Field([1, 64], min_length=1)
     warmup: int = Field(10, ge=0, le=10_000, description="untimed calls after the cold start")
     iters: int = Field(50, ge=3, le=100_000, description="timed calls")
+    peak_matmul: int = Field(
+        2048, ge=0, le=16_384, description="n of the n x n matmul per dtype that measures the device's limit; 0: skip"
+    )
 
 
 class Settings(BaseSettings):

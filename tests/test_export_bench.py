@@ -160,6 +160,21 @@ def test_bench_json_has_every_variant_and_agreement(cli) -> None:
         assert (best.batch_size, best.variant, best.dtype, best.layout) == (
             fastest.batch_size, fastest.variant, fastest.dtype, fastest.layout)  # fmt: skip
         assert (best.median_s, best.speedup) == (fastest.median_s, fastest.speedup)
+    # The device's limit, measured by bench itself: a matmul rate per timed dtype, each row's share of it.
+    env = result.environment
+    assert env.matmul_n == 2048 and set(env.matmul_gflops) == {"fp32", "bf16"}
+    assert all(rate > 0 for rate in env.matmul_gflops.values())
+    assert env.gflop_per_image == pytest.approx(0.1495, abs=0.001)  # imagenet stem, 32 px, forward
+    for t in result.timings:
+        assert t.gflops_per_s == pytest.approx(t.images_per_s * env.gflop_per_image)
+        assert t.share_of_peak == pytest.approx(t.gflops_per_s / env.matmul_gflops[t.dtype])
+
+
+def test_bench_peak_matmul_zero_skips_the_limit(cli) -> None:
+    data = cli.json("bench", "--variants", "eager", "--batch-sizes", "2", "--warmup", "0", "--iters", "3",
+                    "--peak-matmul", "0")  # fmt: skip
+    assert data["environment"]["matmul_gflops"] == {} and data["timings"][0]["share_of_peak"] is None
+    assert cli("bench", "--peak-matmul", "-1").exit_code == 2
 
 
 def test_a_wrong_variant_is_reported_as_wrong(tmp_path: Path) -> None:
