@@ -117,8 +117,9 @@ def _sync(device: torch.device) -> None:
 
 
 @dataclass
-class Conventional:
-    """The tutorials' loop, kept alive between rounds (its workers stay warm)."""
+class _Pipeline:
+    """What every pipeline is timed on: the data, the model's stem and input size, the batch, and
+    the untimed (warm-up) and timed steps of each round."""
 
     data_dir: Path
     stem: str
@@ -126,8 +127,14 @@ class Conventional:
     batch: int
     steps: int
     warmup: int
-    workers: int
     device: torch.device
+
+
+@dataclass
+class Conventional(_Pipeline):
+    """The tutorials' loop, kept alive between rounds (its workers stay warm)."""
+
+    workers: int = 2
     first_step_s: float | None = None
 
     def __post_init__(self) -> None:
@@ -190,17 +197,10 @@ class _Clock(training.NullProgress):
 
 
 @dataclass
-class Ours:
+class Ours(_Pipeline):
     """``train()`` as the CLI runs it, one fresh run per round, stopped after the timed steps."""
 
-    data_dir: Path
-    stem: str
-    size: int
-    batch: int
-    steps: int
-    warmup: int
-    device: torch.device
-    runs: Path
+    runs: Path = Path("runs")
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     context: Callable[[], Any] | None = None
     first_step_s: float | None = None
