@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## the main job end to end, offline
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
 
-test: $(STAMP)  ## the test suite (CPU; about 10 minutes on 2 cores)
-	$(BIN)/python -m pytest -q
+test: $(STAMP)  ## the test suite (CPU; two workers, one thread each: about 8 minutes on 2 cores)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

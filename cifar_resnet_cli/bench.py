@@ -1,8 +1,10 @@
-"""``bench``: eager, traced, scripted, frozen and compiled ResNet34 timed side by side, honestly.
+"""``bench``: eager, traced, scripted, frozen, compiled and deployed (AOTInductor, ONNX Runtime, OpenVINO)
+ResNet34 timed side by side, honestly.
 
 Every variant runs in one process on the same input, gets the same warm-up (TorchScript's profiling
 executor optimises during its first calls; the very first call is reported on its own as cold
-start, and for ``compile`` it holds the compile time), runs under ``torch.inference_mode()``, and
+start, and for ``compile`` it holds the compile time; a deployed variant's file is built first and that
+time is reported as ``build_s``), runs under ``torch.inference_mode()``, and
 is timed call by call with CUDA synchronised around each call. Reported: median, p90, mean and
 spread, images per second, speed-up over eager fp32 with its spread, and each variant's output
 against eager fp32, so that a fast but wrong variant shows as wrong.
@@ -22,16 +24,18 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel
 
+from .archives import MissingExtra, archive_kind, is_archive, load_archive
 from .devices import cpu_matrix_flags, cpu_name, device_description, resolve_device
 from .errors import CifarResnetError
-from .export import DTYPES, Deployed, build_variant, compare, is_archive, load_archive, tolerances
+from .export import DTYPES, Deployed, build_variant, compare, tolerances
 from .fileio import atomic_write_bytes, check_writable
 from .machine import matmul_rate, model_flops
 from .model import resnet34
 from .progress import Tasks, task
 from .rounds import quantile
+from .runtimes import RUNTIME_VARIANTS, Workshop, not_applicable
 from .settings import BenchSettings, Settings
-from .weights import load_model
+from .weights import WeightsMeta, load_model
 
 # The source project's headline table (average inference time, seconds; its machine and batch).
 SOURCE_TABLE = {"eager": 0.0329, "trace": 0.0249, "script": 0.0269}
@@ -44,6 +48,7 @@ class Timing(BaseModel):
     batch_size: int
     image_size: int
     device: str
+    build_s: float | None = None  # deployed variants: writing the file (export, compile, quantize)
     cold_start_s: float | None = None
     median_s: float | None = None
     p90_s: float | None = None
@@ -129,8 +134,12 @@ def time_variant(fn, x: torch.Tensor, device: torch.device, *, warmup: int, iter
     return cold, times
 
 
-def _make(model: torch.nn.Module, variant: str, example: torch.Tensor, dtype: str, layout: str) -> torch.nn.Module:
+def _make(model: torch.nn.Module, variant: str, example: torch.Tensor, dtype: str, layout: str,
+          workshop: Workshop, row: Timing) -> torch.nn.Module:  # fmt: skip
     channels_last = layout == "nhwc"
+    if variant in RUNTIME_VARIANTS:
+        fn, row.build_s = workshop.build(variant, dtype, layout, example.device)
+        return fn
     if variant == "compile":
         # Inductor looks for a CUDA toolkit even on the CPU and logs "No CUDA runtime is found" when there
         # is none (a CUDA build of torch on a CPU machine): noise in the middle of our output, not a fault.
@@ -155,16 +164,17 @@ def _error(exc: Exception) -> str:
 def _time_combo(index: int, variant: str, dtype: str, layout: str, is_base: bool, model: torch.nn.Module,
                 example: torch.Tensor, inputs: dict[int, torch.Tensor], references: dict[int, torch.Tensor],
                 device: torch.device, b: BenchSettings, tamper: str | None, timings: list[Timing],
-                raw: dict[tuple[int, int], list[float]], bar: Tasks) -> None:  # fmt: skip
+                raw: dict[tuple[int, int], list[float]], workshop: Workshop, bar: Tasks) -> None:  # fmt: skip
     """Build one variant (compiling it, for ``compile``) and time it at every batch size."""
     atol, min_agree = tolerances(dtype, None, None)
-    fn = None
+    fn, build_s = None, None
     for batch, x in inputs.items():
         row = Timing(variant=variant, dtype=dtype, layout=layout, batch_size=batch, image_size=x.shape[-1],
                      device=device_description(device), baseline=is_base)  # fmt: skip
         try:
             if fn is None:  # built once per variant, timed at every batch size
-                fn = _make(model, variant, example, dtype, layout)
+                fn = _make(model, variant, example, dtype, layout, workshop, row)
+                build_s = row.build_s
                 if tamper == variant and not is_base:
                     inner = fn
                     fn = lambda t, inner=inner: inner(t).roll(1, dims=1)  # noqa: E731  (a wrong variant)
@@ -175,8 +185,9 @@ def _time_combo(index: int, variant: str, dtype: str, layout: str, is_base: bool
             timings.append(row)
             return
         _fill(row, cold, times)
+        row.build_s = build_s
         row.max_abs_diff, row.top1_agreement = agreement.max_abs_diff, agreement.top1_agreement
-        row.correct = agreement.ok(min_agree)
+        row.correct = agreement.ok(min_agree, check_diff=dtype != "int8")
         raw[(index, batch)] = times
         timings.append(row)
         bar.advance()
@@ -215,15 +226,23 @@ def benchmark(settings: Settings, path: Path | None = None, *, csv_path: Path | 
     with torch.inference_mode():
         references = {batch: model(x).float() for batch, x in inputs.items()}
     example = torch.randn(2, 3, size, size, generator=gen).to(device)  # ResNet graphs do not depend on the batch
-    combos = [("eager", "fp32", "nchw", True)] + [
-        (v, d, lay, False) for d in b.dtypes for lay in b.layouts for v in b.variants
-        if not (v == "eager" and d == "fp32" and lay == "nchw")
-    ]  # fmt: skip
+    combos, skipped = _combos(b, device)
+    if skipped:
+        warnings.append(f"not timed, cannot exist: {'; '.join(skipped)}")
+    if "int8" in b.dtypes:
+        warnings.append("int8 rows are calibrated on random inputs like the timed ones, so their agreement is "
+                        "indicative only; `export --dtype int8` calibrates on real images and measures the accuracy "
+                        "drop on held-out ones")  # fmt: skip
+    calibration = list(torch.randn(64, 3, size, size, generator=gen).split(16))
+    workshop = Workshop(model, example, calibration)
     raw: dict[tuple[int, int], list[float]] = {}  # (combo index, batch) -> call times
-    for index, (variant, dtype, layout, is_base) in enumerate(combos):
-        with task(tasks, f"{variant} {dtype} {layout}: build, warm up, time", len(inputs)) as bar:
-            _time_combo(index, variant, dtype, layout, is_base, model, example, inputs, references, device, b,
-                        tamper, timings, raw, bar)  # fmt: skip
+    try:
+        for index, (variant, dtype, layout, is_base) in enumerate(combos):
+            with task(tasks, f"{variant} {dtype} {layout}: build, warm up, time", len(inputs)) as bar:
+                _time_combo(index, variant, dtype, layout, is_base, model, example, inputs, references, device, b,
+                            tamper, timings, raw, workshop, bar)  # fmt: skip
+    finally:
+        workshop.close()
     for row in timings:  # speed-up over eager fp32 at the same batch size, with its spread (IQR)
         base = raw.get((0, row.batch_size))
         if base and row.median_s:
@@ -246,6 +265,20 @@ def benchmark(settings: Settings, path: Path | None = None, *, csv_path: Path | 
     return BenchResult(checkpoint=str(path) if path else None, random_init=path is None, environment=env,
                        timings=timings, fastest_correct=fastest, source_reference=SOURCE_TABLE,
                        csv=str(csv_path) if csv_path else None, warnings=warnings)  # fmt: skip
+
+
+def _combos(b: BenchSettings, device: torch.device) -> tuple[list[tuple[str, str, str, bool]], list[str]]:
+    """Eager fp32 NCHW first (the baseline), then every requested variant x dtype x layout that can exist."""
+    combos, skipped = [("eager", "fp32", "nchw", True)], []
+    for d in b.dtypes:
+        for lay in b.layouts:
+            for v in b.variants:
+                reason = not_applicable(v, d, lay, device)
+                if reason is not None:
+                    skipped.append(reason)
+                elif not (v == "eager" and d == "fp32" and lay == "nchw"):
+                    combos.append((v, d, lay, False))
+    return combos, skipped
 
 
 def _write_csv(path: Path, timings: list[Timing]) -> None:
@@ -280,34 +313,52 @@ def _environment(settings: Settings, device: torch.device, *, stem: str, size: i
     return env
 
 
+def _archive_runners(path: Path, device: torch.device) -> tuple[list[tuple[str, object]], dict, list[str]]:
+    """(label, callable) for each runtime that runs this archive here: ONNX files in ONNX Runtime and, when
+    installed, OpenVINO; TorchScript and AOTInductor in torch."""
+    module, _, extra = load_archive(path, device)
+    method = extra.get("export_method", "?")
+    if archive_kind(path) != "onnx":
+        return [(f"archive ({method})", module)], extra, []
+    runners, notes = [(f"archive ({method}, onnxruntime)", module)], []
+    try:
+        runners.append((f"archive ({method}, openvino)", load_archive(path, device, runtime="openvino")[0]))
+    except MissingExtra as exc:
+        notes.append(f"not timed with OpenVINO: {exc}")
+    return runners, extra, notes
+
+
 def _benchmark_archive(settings: Settings, path: Path, device: torch.device, csv_path: Path | None,
                        tasks: Tasks | None) -> BenchResult:  # fmt: skip
     """Time an archive from ``export`` as it will be shipped: exactly that file, loaded as our loaders
-    load it, at every batch size. It carries no eager model, so there is nothing to compare it with."""
+    load it (an ONNX file by each installed runtime), at every batch size. It carries no eager model, so
+    there is nothing to compare it with."""
     b = settings.bench
-    module, meta, extra = load_archive(path, device)
+    runners, extra, warnings = _archive_runners(path, device)
+    meta = WeightsMeta.checked({k: v for k, v in extra.items() if k in WeightsMeta.model_fields}, path)
     size = settings.model.image_size if "image_size" in settings.model.model_fields_set else meta.image_size
     gen = torch.Generator().manual_seed(settings.train.seed)
+    inputs = {batch: torch.randn(batch, 3, size, size, generator=gen).to(device) for batch in b.batch_sizes}
     layout = "nhwc" if extra.get("export_channels_last") else "nchw"
     timings = []
-    for batch in b.batch_sizes:
-        x = torch.randn(batch, 3, size, size, generator=gen).to(device)
-        row = Timing(variant=f"archive ({extra.get('export_method', '?')})", dtype=extra.get("export_dtype", "?"),
-                     layout=layout, batch_size=batch, image_size=size, device=device_description(device))  # fmt: skip
-        try:
-            with task(tasks, f"{row.variant} {row.dtype} {layout}, batch {batch}: warm up, time", None):
-                cold, times = time_variant(module, x, device, warmup=b.warmup, iters=b.iters)
-        except Exception as exc:  # reported in its row, like a variant that cannot run here
-            row.error = _error(exc)
+    for label, fn in runners:
+        for batch, x in inputs.items():
+            row = Timing(variant=label, dtype=extra.get("export_dtype", "?"), layout=layout, batch_size=batch,
+                         image_size=size, device=device_description(device))  # fmt: skip
+            try:
+                with task(tasks, f"{row.variant} {row.dtype} {layout}, batch {batch}: warm up, time", None):
+                    cold, times = time_variant(fn, x, device, warmup=b.warmup, iters=b.iters)
+            except Exception as exc:  # reported in its row, like a variant that cannot run here
+                row.error = _error(exc)
+                timings.append(row)
+                continue
+            _fill(row, cold, times)
             timings.append(row)
-            continue
-        _fill(row, cold, times)
-        timings.append(row)
     if csv_path is not None:
         _write_csv(csv_path, timings)
-    warning = (f"{path} is an archive: it is timed alone (no eager model inside it to compare with); bench the "
-               "checkpoint it was exported from for speed-ups and agreement")  # fmt: skip
+    warnings.append(f"{path} is an archive: it is timed alone (no eager model inside it to compare with); bench "
+                    "the checkpoint it was exported from for speed-ups and agreement")  # fmt: skip
     env = _environment(settings, device, stem=meta.stem, size=size, timings=timings)
     return BenchResult(checkpoint=str(path), random_init=False, environment=env,
                        timings=timings, fastest_correct={}, source_reference=SOURCE_TABLE,
-                       csv=str(csv_path) if csv_path else None, warnings=[warning])  # fmt: skip
+                       csv=str(csv_path) if csv_path else None, warnings=warnings)  # fmt: skip

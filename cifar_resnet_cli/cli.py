@@ -78,6 +78,20 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON 
 DeviceOpt = Annotated[
     Optional[DeviceName], typer.Option("--device", help="auto picks cuda, then mps, then cpu. (default: auto)")
 ]
+
+
+class OnnxRuntimeName(StrEnum):
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
+
+OnnxRuntimeOpt = Annotated[
+    Optional[OnnxRuntimeName],
+    typer.Option(
+        "--onnx-runtime",
+        help="What runs an .onnx archive: onnxruntime, or openvino (the [openvino] extra). (default: onnxruntime)",
+    ),
+]
 DatasetOpt = Annotated[
     Optional[DatasetName],
     typer.Option(
@@ -706,7 +720,8 @@ def train_cmd(
 def eval_cmd(
     ctx: typer.Context,
     checkpoint: Annotated[
-        Path, typer.Argument(metavar="CHECKPOINT", help="A .safetensors checkpoint (from train or port).")
+        Path,
+        typer.Argument(metavar="CHECKPOINT", help="A .safetensors checkpoint (from train or port), or an archive."),
     ],
     dataset: Annotated[
         Optional[DatasetName], typer.Option("--dataset", help="Dataset to evaluate on. (default: the checkpoint's)")
@@ -722,6 +737,7 @@ def eval_cmd(
     confusion_plot: Annotated[
         Optional[Path], _opt("--confusion-plot", "Draw the confusion matrix into this PNG (needs matplotlib).")
     ] = None,
+    onnx_runtime: OnnxRuntimeOpt = None,
     device: DeviceOpt = None,
     config: ConfigOpt = None,
     debug: DebugOpt = False,
@@ -750,6 +766,7 @@ def eval_cmd(
         "eval.split": split,
         "eval.batch_size": batch_size,
         "eval.tta": tta,
+        "onnx_runtime": onnx_runtime,
         "device": device,
     }
     with report.TaskBars() as bars:
@@ -766,7 +783,16 @@ class ExportMethod(StrEnum):
     trace = "trace"
     script = "script"
     frozen = "frozen"
+    aoti = "aoti"
+    onnx = "onnx"
     all = "all"
+
+
+class ExportPrecisionName(StrEnum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+    int8 = "int8"
 
 
 class PrecisionName(StrEnum):
@@ -794,17 +820,23 @@ def export_cmd(
         Optional[list[ExportMethod]],
         _opt(
             "--method",
-            "trace, script, frozen (scripted + torch.jit.freeze + optimize_for_inference) or all; "
-            "repeat for several. (default: trace and script)",
+            "trace, script, frozen (TorchScript; frozen = scripted + torch.jit.freeze + optimize_for_inference), "
+            "aoti (torch.export + AOTInductor .pt2), onnx, or all (every kind that can be made here for the "
+            "dtype); repeat for several. (default: trace and script)",
         ),
     ] = None,
     freeze: Annotated[bool, _opt("--freeze", "Also write the frozen archive (same as --method frozen).")] = False,
     dtype: Annotated[
-        Optional[PrecisionName],
-        _opt("--dtype", "Weights and compute inside the archive; input stays float32. (default: fp32)"),
+        Optional[ExportPrecisionName],
+        _opt(
+            "--dtype",
+            "Weights and compute inside the archive; input stays float32. int8: ONNX only, statically quantized "
+            "on training images and scored on the validation split. (default: fp32)",
+        ),
     ] = None,
     channels_last: Annotated[
-        Optional[bool], _opt("--channels-last/--no-channels-last", "NHWC inside the archive. (default: off)")
+        Optional[bool],
+        _opt("--channels-last/--no-channels-last", "NHWC inside TorchScript and aoti archives. (default: off)"),
     ] = None,
     out: Annotated[
         Optional[Path],
@@ -818,30 +850,48 @@ def export_cmd(
         Optional[float],
         _opt(
             "--atol",
-            "Allowed max |diff| against eager, relative to the largest logit. (default: 1e-4 fp32, 5e-2 bf16/fp16)",
+            "Allowed max |diff| against eager, relative to the largest logit. (default: 1e-4 fp32, 5e-2 bf16/fp16; "
+            "int8: 0.1, only to pick the images whose top-1 must agree)",
         ),
     ] = None,
     min_agreement: Annotated[
         Optional[float],
-        _opt("--min-agreement", "Required top-1 agreement with eager. (default: 1.0 fp32, 0.9 bf16/fp16)"),
+        _opt("--min-agreement", "Required top-1 agreement with eager. (default: 1.0 fp32, 0.9 bf16/fp16, 0.95 int8)"),
     ] = None,
+    calibration_images: Annotated[
+        Optional[int],
+        _opt("--calibration-images", "int8: training images that set the activation ranges. (default: 256)"),
+    ] = None,
+    max_accuracy_drop: Annotated[
+        Optional[float],
+        _opt(
+            "--max-accuracy-drop",
+            "int8: top-1 points the archive may lose against fp32 on the held-out images, else nothing is "
+            "written. (default: 1.0)",
+        ),
+    ] = None,
+    data_dir: DataDirOpt = None,
     force: Annotated[bool, _opt("--force", "Overwrite existing archives.")] = False,
     device: DeviceOpt = None,
     config: ConfigOpt = None,
     debug: DebugOpt = False,
     json: JsonOpt = False,
 ) -> None:
-    """Write TorchScript archives (trace, script, frozen) and verify each against eager PyTorch.
+    """Write archives (TorchScript, AOTInductor .pt2, ONNX fp32/int8) and verify each against eager PyTorch.
 
-    Archives are made on the CPU and run on any device. Each is saved, loaded back with plain
-    torch.jit.load and compared with the eager model on a batch of another size; one that fails is
-    not kept. The checkpoint's metadata travels in the archive (extra file cifar_resnet.json).
+    Each is saved, loaded back with its runtime's own loader (torch.jit.load, aoti_load_package, ONNX
+    Runtime) and compared with the eager model on a batch of another size; one that fails is not
+    kept. An int8 archive is calibrated on the checkpoint's training images and scored on its
+    validation split; its accuracy drop is stored and printed. The checkpoint's metadata travels in
+    the archive (extra file cifar_resnet.json; ONNX metadata_props "cifar_resnet").
 
     Examples:
 
       cifar-resnet export runs/train/best.safetensors
 
       cifar-resnet export runs/train/best.safetensors --method frozen --dtype bf16 --channels-last
+
+      cifar-resnet export best.safetensors --method onnx --dtype int8 --data-dir data
 
       cifar-resnet export best.safetensors --method all --out exports --json | jq '.archives[].path'
     """
@@ -851,8 +901,8 @@ def export_cmd(
     methods = None
     if method or freeze:
         chosen = [m.value for m in method or []]
-        methods = ["trace", "script", "frozen"] if "all" in chosen else chosen
-        if freeze and "frozen" not in methods:
+        methods = ["all"] if "all" in chosen else chosen
+        if freeze and "frozen" not in methods and methods != ["all"]:
             methods.append("frozen")
     flags = {
         "export.methods": methods,
@@ -863,6 +913,9 @@ def export_cmd(
         "export.verify_batch": verify_batch,
         "export.atol": atol,
         "export.min_agreement": min_agreement,
+        "export.calibration_images": calibration_images,
+        "export.max_accuracy_drop": max_accuracy_drop,
+        "data.data_dir": data_dir,
         "device": device,
     }
     with report.TaskBars(keep=True) as bars:
@@ -886,10 +939,16 @@ def bench_cmd(
         ),
     ] = None,
     variants: Annotated[
-        Optional[str], _opt("--variants", "Comma-separated: eager, trace, script, frozen, compile. (default: all)")
+        Optional[str],
+        _opt(
+            "--variants",
+            "Comma-separated: eager, trace, script, frozen, compile; aoti (AOTInductor .pt2), onnxruntime, "
+            "openvino (an ONNX file, [onnx]/[openvino] extras). (default: eager, trace, script, frozen, compile)",
+        ),
     ] = None,
     dtypes: Annotated[
-        Optional[str], _opt("--dtypes", "Comma-separated: fp32, bf16, fp16 (CUDA). (default: fp32)")
+        Optional[str],
+        _opt("--dtypes", "Comma-separated: fp32, bf16, fp16 (CUDA), int8 (onnxruntime, openvino). (default: fp32)"),
     ] = None,
     layouts: Annotated[
         Optional[str], _opt("--layouts", "Comma-separated: nchw, nhwc (channels-last). (default: nchw)")
@@ -913,16 +972,20 @@ def bench_cmd(
     debug: DebugOpt = False,
     json: JsonOpt = False,
 ) -> None:
-    """Time eager, traced, scripted, frozen and compiled variants side by side.
+    """Time eager, traced, scripted, frozen, compiled and deployed variants side by side.
 
     Same input and warm-up for every variant; the first call is reported as cold start (compile
-    time for compile); median, p90 and spread over --iters calls; speed-up over eager fp32; and each
-    variant's output against eager fp32, so a fast but wrong variant shows as wrong. The device's
-    limit is measured first (an n x n matmul per dtype): each row's share of it is in % peak.
+    time for compile), the time to write a deployed variant's file as build s; median, p90 and
+    spread over --iters calls; speed-up over eager fp32; and each variant's output against eager
+    fp32, so a fast but wrong variant shows as wrong. The device's limit is measured after the
+    timings (an n x n matmul per dtype): each row's share of it is in % peak. An archive from
+    export is timed alone, as shipped (an ONNX file by each installed runtime).
 
     Examples:
 
       cifar-resnet bench --image-size 224 --batch-sizes 1 --dtypes fp32,bf16 --layouts nchw,nhwc
+
+      cifar-resnet bench --image-size 224 --batch-sizes 1 --variants eager,aoti,onnxruntime,openvino --dtypes fp32,int8
 
       cifar-resnet bench runs/train/best.safetensors --batch-sizes 1,64 --csv bench.csv
 
@@ -964,7 +1027,8 @@ class ResizeMode(StrEnum):
 def predict_cmd(
     ctx: typer.Context,
     model: Annotated[
-        Path, typer.Argument(metavar="MODEL", help="A .safetensors checkpoint or a TorchScript archive from export.")
+        Path,
+        typer.Argument(metavar="MODEL", help="A .safetensors checkpoint or an archive from export (.pt, .pt2, .onnx)."),
     ],
     images: Annotated[list[Path], typer.Argument(metavar="IMAGES", help="Image files and/or directories.")],
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Walk directories recursively.")] = False,
@@ -982,6 +1046,7 @@ def predict_cmd(
         typer.Option("--batch-size", "-b", help="Images per forward pass. (default: 64)", min=1, show_default=False),
     ] = 64,
     csv: Annotated[Optional[Path], _opt("--csv", "Also write the predictions to this CSV file.")] = None,
+    onnx_runtime: OnnxRuntimeOpt = None,
     device: DeviceOpt = None,
     config: ConfigOpt = None,
     debug: DebugOpt = False,
@@ -1005,7 +1070,7 @@ def predict_cmd(
     from .errors import CifarResnetError
     from .predict import predict_images
 
-    flags = {"device": device}
+    flags = {"device": device, "onnx_runtime": onnx_runtime}
     with report.TaskBars() as bars:
         result = _run(ctx, flags, lambda s: predict_images(
             s, model, images, recursive=recursive, top_k=top_k, resize=resize.value, batch_size=batch_size,

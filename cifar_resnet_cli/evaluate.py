@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from pydantic import BaseModel
 from torch import nn
 
+from .archives import is_archive, load_archive
 from .augment import preprocess
 from .datasets import ImageSet, load_checked_data, split_of
 from .devices import device_description, resolve_device
-from .export import is_archive, load_archive
 from .fileio import atomic_write_bytes, check_writable
 from .plots import PlotUnavailable, plot_confusion
 from .progress import Tasks, task
@@ -170,13 +170,13 @@ def evaluate_checkpoint(
         if target is not None:
             check_writable(target, force=True, what=what)
     device = resolve_device(settings.device)
-    if is_archive(path):  # a TorchScript archive from `export`: it carries the same metadata
-        model, meta, _ = load_archive(path, device)
+    if is_archive(path):  # any archive from `export`: it carries the same metadata
+        model, meta, _ = load_archive(path, device, runtime=settings.onnx_runtime)
     else:
         model, meta = load_model(path)
+        model.to(device)
     data = load_checked_data(settings, meta, path, tasks)
     split = split_of(data, settings.eval.split)
-    model.to(device)
     start = time.perf_counter()
     scores = evaluate_model(
         model, split.to(device), mean=meta.mean, std=meta.std, image_size=meta.image_size,

@@ -1,9 +1,11 @@
-"""``export``: TorchScript archives (trace, script, frozen) that prove themselves before they are kept.
+"""``export``: archives (TorchScript trace/script/frozen, AOTInductor ``.pt2``, ONNX fp32 and int8) that
+prove themselves before they are kept.
 
-Every archive is made on the CPU (a traced graph must not bake a device in), saved, loaded back
-with plain ``torch.jit.load``, and compared with the eager model on a batch of a different size
-than the tracing example. Only then is it renamed into place. The checkpoint's metadata (classes,
-mean/std, input size, source and its sha256) travels in the archive's ``_extra_files``.
+Every archive is saved to a temporary file, loaded back with its runtime's own loader in a fresh
+object, and compared with the eager model on a batch of a different size than the example it was
+made from; an int8 archive is also scored on the checkpoint's held-out (validation) images against
+the fp32 model. Only then is it renamed into place. The checkpoint's metadata (classes, mean/std,
+input size, source and its sha256) travels in the format's own place (see archives.py).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,14 +21,19 @@ from pydantic import BaseModel
 from torch import Tensor, nn
 
 from . import __version__
+from .archives import METADATA_FILE, SUFFIXES, load_archive, optional
+from .augment import preprocess
+from .datasets import DataError, load_checked_data
 from .devices import device_description, resolve_device
-from .errors import CheckpointError, OutputError, VerificationError
+from .errors import CheckpointError, CifarResnetError, OutputError, VerificationError
 from .fileio import check_output_dir, output_error, sha256_file, temporary_beside
 from .progress import Tasks, task
-from .settings import ExportSettings, Settings
+from .settings import Settings
 from .weights import WeightsMeta, load_model
+from .writers import aoti_available, onnx_proto, quantize_onnx, save_onnx, set_onnx_metadata, write_aoti
 
-METADATA_FILE = "cifar_resnet.json"
+TORCHSCRIPT_METHODS = ("trace", "script", "frozen")
+KINDS = {"trace": "torchscript", "script": "torchscript", "frozen": "torchscript", "aoti": "aoti", "onnx": "onnx"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -51,10 +58,15 @@ class Deployed(nn.Module):
         return self.model(x).float()
 
 
+DEFAULT_TOLERANCES = {"fp32": (1e-4, 1.0), "bf16": (5e-2, 0.9), "fp16": (5e-2, 0.9), "int8": (0.1, 0.95)}
+
+
 def tolerances(dtype: str, atol: float | None, min_agreement: float | None) -> tuple[float, float]:
     """Defaults: fp32 must match to 1e-4 (relative to the largest logit above 1) and agree on every
-    top-1; bf16/fp16 keep about 3 significant digits, so 5e-2 and 90% agreement."""
-    default_atol, default_agreement = (1e-4, 1.0) if dtype == "fp32" else (5e-2, 0.9)
+    top-1; bf16/fp16 keep about 3 significant digits, so 5e-2 and 90% agreement. int8 (256 levels per
+    tensor) is judged on real held-out images: 95% top-1 agreement wherever the fp32 margin exceeds a
+    fifth of the largest logit, and the accuracy drop (``--max-accuracy-drop``); its max |diff| is reported."""
+    default_atol, default_agreement = DEFAULT_TOLERANCES[dtype]
     return (
         atol if atol is not None else default_atol,
         min_agreement if min_agreement is not None else default_agreement,
@@ -95,10 +107,12 @@ class Agreement(BaseModel):
     images: int
     allowed: float  # atol x scale
 
-    def ok(self, min_agreement: float) -> bool:
+    def ok(self, min_agreement: float, *, check_diff: bool = True) -> bool:
         """Within tolerance everywhere, and the same top-1 wherever the eager margin exceeds twice the
-        allowed error (two logits closer than that may swap under reduced precision; others may not)."""
-        return self.max_abs_diff <= self.allowed and self.decisive_agreement >= min_agreement
+        allowed error (two logits closer than that may swap under reduced precision; others may not).
+        ``check_diff=False`` (int8, whose error has no a-priori bound) judges the agreement only."""
+        within = self.max_abs_diff <= self.allowed or not check_diff
+        return within and self.decisive_agreement >= min_agreement
 
 
 @torch.inference_mode()
@@ -120,8 +134,23 @@ def compare(candidate: nn.Module, reference: Tensor, x: Tensor, atol: float) -> 
     )
 
 
+class HeldOut(BaseModel):
+    """An int8 archive scored on real held-out images against the fp32 checkpoint it came from."""
+
+    split: str  # the checkpoint's validation split: never seen by training or calibration
+    images: int
+    calibration_images: int  # drawn from the training split
+    fp32_top1: float
+    int8_top1: float
+    accuracy_drop: float  # percentage points, fp32 - int8
+    max_accuracy_drop: float
+    top1_agreement: float
+
+
 class ArchiveInfo(BaseModel):
     method: str
+    kind: str  # torchscript, aoti, onnx
+    runtime: str  # what loaded it back for verification
     path: str
     dtype: str
     channels_last: bool
@@ -132,6 +161,7 @@ class ArchiveInfo(BaseModel):
     agreement: Agreement
     atol: float
     min_agreement: float
+    held_out: HeldOut | None = None
 
 
 class ExportResult(BaseModel):
@@ -144,50 +174,48 @@ class ExportResult(BaseModel):
     warnings: list[str]
 
 
-def archive_metadata(meta: WeightsMeta, *, method: str, dtype: str, channels_last: bool, checkpoint_sha256: str) -> str:
+def archive_metadata(meta: WeightsMeta, *, method: str, dtype: str, channels_last: bool, checkpoint_sha256: str,
+                     device: torch.device, held_out: HeldOut | None = None) -> str:  # fmt: skip
     data = meta.model_dump(mode="json")
     data.update({
         "export_method": method, "export_dtype": dtype, "export_channels_last": channels_last,
+        "export_device": device.type if method == "aoti" else "any",
         "exported_from_sha256": checkpoint_sha256, "export_torch_version": torch.__version__,
         "export_package_version": __version__, "input": "float32 [N, 3, image_size, image_size], RGB in [0, 1], "
         "then (x - mean) / std",
     })  # fmt: skip
+    if held_out is not None:
+        data["int8_held_out"] = held_out.model_dump()
     return json.dumps(data, indent=2)
 
 
-def is_archive(path: Path) -> bool:
-    """TorchScript archives are zip files; our safetensors checkpoints are not."""
-    return path.is_file() and zipfile.is_zipfile(path)
+def suffix(method: str, dtype: str, channels_last: bool) -> str:
+    """File name after the checkpoint's stem: ``trace.pt``, ``frozen.bf16.cl.pt``, ``aoti.pt2``, ``int8.onnx``."""
+    parts = ([method] if method != "onnx" else []) + ([dtype] if dtype != "fp32" else [])
+    parts += ["cl"] if channels_last else []
+    return "".join(f"{p}." for p in parts) + SUFFIXES[KINDS[method]].lstrip(".")
 
 
-def load_archive(
-    path: Path, device: torch.device | str = "cpu", *, optimize: bool = True
-) -> tuple[torch.jit.ScriptModule, WeightsMeta, dict]:
-    """A TorchScript archive written by ``export`` and its metadata.
-
-    A frozen archive gets ``torch.jit.optimize_for_inference`` for this machine after loading
-    (``optimize=False`` returns it as plain ``torch.jit.load`` gives it).
-    """
-    extra = {METADATA_FILE: ""}
-    try:
-        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-    except Exception as exc:  # RuntimeError for anything torch.jit cannot read
-        raise CheckpointError(f"{path} is not a readable TorchScript archive ({exc.__class__.__name__})") from None
-    if not extra[METADATA_FILE]:
-        raise CheckpointError(
-            f"{path} has no {METADATA_FILE} in its extra files, so its classes and preprocessing are unknown",
-            "export it with `cifar-resnet export`",
-        )
-    data = json.loads(extra[METADATA_FILE])
-    fields = {k: v for k, v in data.items() if k in WeightsMeta.model_fields}
-    if optimize and data.get("export_method") == "frozen":
-        module = torch.jit.optimize_for_inference(module)
-    return module, WeightsMeta.checked(fields, path), data
-
-
-def _suffix(method: str, dtype: str, channels_last: bool) -> str:
-    parts = [method] + ([dtype] if dtype != "fp32" else []) + (["cl"] if channels_last else [])
-    return ".".join(parts)
+def methods_for_all(dtype: str, channels_last: bool = False) -> tuple[list[str], list[str]]:
+    """What ``--method all`` writes here for ``dtype``, and a note for each kind left out and why."""
+    if dtype == "int8":
+        return ["onnx"], []
+    methods, notes = list(TORCHSCRIPT_METHODS), []
+    if aoti_available():
+        methods.append("aoti")
+    else:
+        notes.append(f"no aoti archive: AOTInductor packages need torch >= 2.8 (this is {torch.__version__})")
+    if channels_last:
+        notes.append("no onnx archive: --channels-last applies to TorchScript and aoti archives only")
+    elif dtype == "fp32":
+        try:
+            optional("onnxscript", "ONNX export")
+            methods.append("onnx")
+        except CifarResnetError as exc:
+            notes.append(f"no onnx archive: {exc}")
+    else:
+        notes.append(f"no onnx archive: ONNX archives are fp32 or int8 (asked for {dtype})")
+    return methods, notes
 
 
 def _save_archive(variant: nn.Module, tmp: str, extra: dict[str, str], target: Path) -> None:
@@ -195,40 +223,124 @@ def _save_archive(variant: nn.Module, tmp: str, extra: dict[str, str], target: P
     try:
         torch.jit.save(variant, tmp, _extra_files=extra)
     except (OSError, RuntimeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OutputError(
-            f"cannot write {target}: {reason}", "check free disk space and that the folder is writable"
-        ) from None
+        raise _write_error(exc, target) from None
 
 
-def _export_one(model: nn.Module, method: str, target: Path, example: Tensor, x: Tensor, reference: Tensor,
-                meta: WeightsMeta, ckpt_sha: str, device: torch.device, e: ExportSettings, atol: float,
-                min_agreement: float, bar: Tasks) -> ArchiveInfo:  # fmt: skip
-    """Build one archive, save it to a temporary file, load it back, verify it, then move it in place."""
-    dtype, channels_last = e.dtype, e.channels_last
-    variant = build_variant(copy.deepcopy(model), method, example, dtype=dtype, channels_last=channels_last,
-                            optimize=False)  # fmt: skip
-    bar.advance()
-    fd, tmp = temporary_beside(target)
-    os.close(fd)
+def _write_error(exc: Exception, target: Path) -> OutputError:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return OutputError(f"cannot write {target}: {reason}", "check free disk space and that the folder is writable")
+
+
+@dataclass
+class _Job:
+    """What every archive of one export shares: the model, the inputs, the reference and the settings."""
+
+    model: nn.Module
+    meta: WeightsMeta
+    ckpt_sha: str
+    device: torch.device
+    dtype: str
+    channels_last: bool
+    example: Tensor
+    x: Tensor
+    reference: Tensor
+    atol: float
+    min_agreement: float
+    max_drop: float  # int8: allowed top-1 loss on the held-out images, in points
+    calibration: list[Tensor] | None = None  # int8: preprocessed training batches
+    held_out: tuple[Tensor, Tensor] | None = None  # int8: preprocessed validation images and labels
+
+
+def _write(job: _Job, method: str, tmp: Path, target: Path) -> HeldOut | None:
+    """Write ``method``'s archive of the job's model to ``tmp``; for int8, score it on the held-out images."""
+    model = copy.deepcopy(job.model)
+    metadata = archive_metadata(job.meta, method=method, dtype=job.dtype, channels_last=job.channels_last,
+                                checkpoint_sha256=job.ckpt_sha, device=job.device)  # fmt: skip
     try:
-        extra = {METADATA_FILE: archive_metadata(meta, method=method, dtype=dtype, channels_last=channels_last,
-                                                 checkpoint_sha256=ckpt_sha)}  # fmt: skip
-        _save_archive(variant, tmp, extra, target)
+        if method in TORCHSCRIPT_METHODS:
+            variant = build_variant(model, method, job.example, dtype=job.dtype, channels_last=job.channels_last,
+                                    optimize=False)  # fmt: skip
+            _save_archive(variant, str(tmp), {METADATA_FILE: metadata}, target)
+        elif method == "aoti":
+            deployed = Deployed(model.to(job.device), DTYPES[job.dtype], job.channels_last).eval()
+            write_aoti(deployed, job.example.to(job.device), tmp, metadata)
+        elif job.dtype == "int8":
+            proto = onnx_proto(Deployed(model).eval(), job.example, metadata)
+            quantize_onnx(proto, tmp, job.calibration or [])
+            held_out = _score_int8(job, tmp)
+            set_onnx_metadata(tmp, archive_metadata(job.meta, method=method, dtype=job.dtype, channels_last=False,
+                                                    checkpoint_sha256=job.ckpt_sha, device=job.device,
+                                                    held_out=held_out))  # fmt: skip
+            return held_out
+        else:
+            save_onnx(onnx_proto(Deployed(model).eval(), job.example, metadata), tmp)
+    except OSError as exc:
+        raise _write_error(exc, target) from None
+    return None
+
+
+@torch.inference_mode()
+def _score_int8(job: _Job, path: Path) -> HeldOut:
+    """The int8 file's top-1 on the held-out images against the fp32 checkpoint's, from a fresh session."""
+    runner, _, _ = load_archive(path, "cpu", kind="onnx")
+    images, labels = job.held_out or (torch.empty(0), torch.empty(0))
+    fp32 = torch.cat([job.model(images[i : i + 256]).float() for i in range(0, len(images), 256)])
+    int8 = torch.cat([runner(images[i : i + 256]) for i in range(0, len(images), 256)])
+    fp32_top1 = float((fp32.argmax(1) == labels).float().mean()) * 100
+    int8_top1 = float((int8.argmax(1) == labels).float().mean()) * 100
+    agree = float((fp32.argmax(1) == int8.argmax(1)).float().mean())
+    return HeldOut(split="val", images=len(labels), calibration_images=sum(len(b) for b in job.calibration or []),
+                   fp32_top1=fp32_top1, int8_top1=int8_top1, accuracy_drop=fp32_top1 - int8_top1,
+                   max_accuracy_drop=job.max_drop, top1_agreement=agree)  # fmt: skip
+
+
+def _verify(job: _Job, method: str, tmp: Path, held_out: HeldOut | None) -> tuple[Agreement, str]:
+    """Load the written file back with its runtime's own loader and compare it with the eager model."""
+    device = torch.device("cpu") if KINDS[method] == "onnx" else job.device
+    loaded, _, _ = load_archive(tmp, device, optimize=False, kind=KINDS[method])
+    runtime = getattr(loaded, "runtime", "torch")
+    if held_out is not None:  # int8: judged on real images, where its ranges were calibrated
+        images, _ = job.held_out or (torch.empty(0), None)
+        with torch.inference_mode():
+            reference = job.model(images).float()
+        return compare(loaded, reference, images, job.atol), runtime
+    agreement = compare(loaded, job.reference.to(device), job.x.to(device), job.atol)
+    if method == "frozen":  # also as our loaders run it: optimised for this machine after loading
+        optimised = compare(load_archive(tmp, device, kind="torchscript")[0], job.reference.to(device),
+                            job.x.to(device), job.atol)  # fmt: skip
+        agreement = max(agreement, optimised, key=lambda a: a.max_abs_diff)
+    return agreement, runtime
+
+
+def _check(method: str, agreement: Agreement, job: _Job, held_out: HeldOut | None) -> None:
+    int8 = held_out is not None
+    if not agreement.ok(job.min_agreement, check_diff=not int8):
+        raise VerificationError(
+            f"the {method} {job.dtype} archive differs from the eager model: max |diff| {agreement.max_abs_diff:.3g} "
+            f"(allowed {agreement.allowed:.3g}), top-1 agreement {agreement.decisive_agreement:.0%} on "
+            f"{agreement.decisive_images} decisive images (required {job.min_agreement:.0%}); nothing was written",
+            "loosen --atol/--min-agreement only if the difference is expected (reduced precision)",
+        )
+    if int8 and held_out.accuracy_drop > held_out.max_accuracy_drop:
+        raise VerificationError(
+            f"the int8 archive loses {held_out.accuracy_drop:.2f} points of top-1 on {held_out.images} held-out "
+            f"images ({held_out.fp32_top1:.2f}% fp32 -> {held_out.int8_top1:.2f}% int8; allowed "
+            f"{held_out.max_accuracy_drop:g}); nothing was written",
+            "calibrate on more images (--calibration-images), or ship fp32/bf16",
+        )
+
+
+def _export_one(job: _Job, method: str, target: Path, bar: Tasks) -> ArchiveInfo:
+    """Build one archive, save it to a temporary file, load it back, verify it, then move it in place."""
+    fd, name = temporary_beside(target)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        held_out = _write(job, method, tmp, target)
         bar.advance()
-        # As a user gets it (plain torch.jit.load), and as our loaders run it (frozen: optimised).
-        plain, _, _ = load_archive(Path(tmp), device, optimize=False)
-        agreement = compare(plain, reference.to(device), x.to(device), atol)
-        if method == "frozen":
-            optimised = compare(load_archive(Path(tmp), device)[0], reference.to(device), x.to(device), atol)
-            agreement = max(agreement, optimised, key=lambda a: a.max_abs_diff)
-        if not agreement.ok(min_agreement):
-            raise VerificationError(
-                f"the {method} archive differs from the eager model: max |diff| {agreement.max_abs_diff:.3g} "
-                f"(allowed {agreement.allowed:.3g}), top-1 agreement {agreement.decisive_agreement:.0%} on "
-                f"{agreement.decisive_images} decisive images (required {min_agreement:.0%}); nothing was written",
-                "loosen --atol/--min-agreement only if the difference is expected (reduced precision)",
-            )
+        agreement, runtime = _verify(job, method, tmp, held_out)
+        bar.advance()
+        _check(method, agreement, job, held_out)
         try:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
@@ -237,26 +349,71 @@ def _export_one(model: nn.Module, method: str, target: Path, example: Tensor, x:
             raise output_error(exc, target) from None
         bar.advance()
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
     return ArchiveInfo(
-        method=method, path=str(target), dtype=dtype, channels_last=channels_last, frozen=method == "frozen",
-        bytes=target.stat().st_size, sha256=sha256_file(target), verified_on=device_description(device),
-        agreement=agreement, atol=atol, min_agreement=min_agreement,
+        method=method, kind=KINDS[method], runtime=runtime, path=str(target), dtype=job.dtype,
+        channels_last=job.channels_last, frozen=method == "frozen", bytes=target.stat().st_size,
+        sha256=sha256_file(target), verified_on=device_description(torch.device("cpu") if method == "onnx"
+                                                                   else job.device),
+        agreement=agreement, atol=job.atol, min_agreement=job.min_agreement, held_out=held_out,
     )  # fmt: skip
 
 
-def export_model(settings: Settings, path: Path, *, force: bool = False, tasks: Tasks | None = None) -> ExportResult:
-    """Write one verified TorchScript archive per method into ``settings.export.out_dir``."""
+def _int8_data(settings: Settings, meta: WeightsMeta, path: Path,
+               tasks: Tasks | None) -> tuple[list[Tensor], tuple[Tensor, Tensor]]:  # fmt: skip
+    """Calibration batches from the checkpoint's training split and its held-out validation images, both
+    preprocessed as the checkpoint's metadata says (mean/std, image size)."""
+    data = load_checked_data(settings, meta, path, tasks)
+    if len(data.val) == 0:
+        raise DataError("int8 export measures the accuracy drop on the checkpoint's validation split, which is empty",
+                        "set data.val_size above 0 (CIFAR_RESNET_DATA__VAL_SIZE or the TOML file)")  # fmt: skip
+    n = min(settings.export.calibration_images, len(data.train))
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(settings.train.seed))[:n]
+    images = preprocess(data.train.images[order], meta.mean, meta.std, meta.image_size)
+    calibration = list(images.split(32))
+    val = preprocess(data.val.images, meta.mean, meta.std, meta.image_size)
+    return calibration, (val, data.val.labels)
+
+
+def export_model(settings: Settings, path: Path, *, force: bool = False, tasks: Tasks | None = None,
+                 tamper_calibration: float | None = None) -> ExportResult:  # fmt: skip
+    """Write one verified archive per method into ``settings.export.out_dir``.
+
+    ``tamper_calibration`` (tests only) scales the calibration images, to show a destroyed int8 model is refused.
+    """
     e = settings.export
-    out_dir, methods, dtype, channels_last = e.out_dir, e.methods, e.dtype, e.channels_last
-    example_batch, verify_batch = e.example_batch, e.verify_batch
-    if example_batch == verify_batch:
+    if e.example_batch == e.verify_batch:
         raise VerificationError("the verification batch must differ in size from the tracing example",
                                 "change --example-batch or --verify-batch")  # fmt: skip
     device = resolve_device(settings.device)
-    if dtype == "fp16" and device.type != "cuda":
+    if e.dtype == "fp16" and device.type != "cuda":
         raise VerificationError("fp16 archives are verified on CUDA only", "use --dtype bf16 on the CPU")
+    if e.dtype == "int8" and device.type != "cpu":
+        raise VerificationError("int8 archives are ONNX files for CPU runtimes", "use --device cpu")
     model, meta = load_model(path)
+    out_dir = _prepare_out_dir(e.out_dir)
+    model.eval()
+    ckpt_sha = sha256_file(path)
+    methods, warnings = (e.methods, []) if e.methods != ["all"] else methods_for_all(e.dtype, e.channels_last)
+    targets = {m: out_dir / f"{path.stem}.{suffix(m, e.dtype, e.channels_last)}" for m in methods}
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing and not force:
+        raise CheckpointError(f"{', '.join(existing)} already exists", "pass --force to overwrite")
+    job = _job(settings, model, meta, ckpt_sha, device)
+    if e.dtype == "int8":
+        job.calibration, job.held_out = _int8_data(settings, meta, path, tasks)
+        if tamper_calibration is not None:
+            job.calibration = [b * tamper_calibration for b in job.calibration]
+    archives = []
+    for method, target in targets.items():
+        with task(tasks, f"{method} {e.dtype} archive: write, load back, verify", 3) as bar:
+            archives.append(_export_one(job, method, target, bar))
+    return ExportResult(checkpoint=str(path), checkpoint_sha256=ckpt_sha, archives=archives,
+                        example_batch=e.example_batch, verify_batch=e.verify_batch, image_size=meta.image_size,
+                        warnings=warnings)  # fmt: skip
+
+
+def _prepare_out_dir(out_dir: Path) -> Path:
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"--out {out_dir} is a file, not a folder", "pass a folder for the archives")
     try:
@@ -264,31 +421,18 @@ def export_model(settings: Settings, path: Path, *, force: bool = False, tasks: 
     except OSError as exc:
         raise output_error(exc, out_dir, "create --out folder") from None
     check_output_dir(out_dir, "--out folder")
-    model.eval()
-    ckpt_sha = sha256_file(path)
+    return out_dir
+
+
+def _job(settings: Settings, model: nn.Module, meta: WeightsMeta, ckpt_sha: str, device: torch.device) -> _Job:
+    e = settings.export
     size = meta.image_size
     gen = torch.Generator().manual_seed(settings.train.seed)
-    example = torch.randn(example_batch, 3, size, size, generator=gen)
-    x = torch.randn(verify_batch, 3, size, size, generator=gen)
+    example = torch.randn(e.example_batch, 3, size, size, generator=gen)
+    x = torch.randn(e.verify_batch, 3, size, size, generator=gen)
     with torch.inference_mode():
         reference = model(x).float()
-    atol, min_agreement = tolerances(dtype, e.atol, e.min_agreement)
-    targets = {m: out_dir / f"{path.stem}.{_suffix(m, dtype, channels_last)}.pt" for m in methods}
-    existing = [str(p) for p in targets.values() if p.exists()]
-    if existing and not force:
-        raise CheckpointError(f"{', '.join(existing)} already exists", "pass --force to overwrite")
-
-    archives = []
-    for method, target in targets.items():
-        with task(tasks, f"{method} archive: build, save, load back, verify", 3) as bar:
-            archives.append(_export_one(model, method, target, example, x, reference, meta, ckpt_sha, device, e,
-                                        atol, min_agreement, bar))  # fmt: skip
-    return ExportResult(
-        checkpoint=str(path),
-        checkpoint_sha256=ckpt_sha,
-        archives=archives,
-        example_batch=example_batch,
-        verify_batch=verify_batch,
-        image_size=size,
-        warnings=[],
-    )
+    atol, min_agreement = tolerances(e.dtype, e.atol, e.min_agreement)
+    return _Job(model=model, meta=meta, ckpt_sha=ckpt_sha, device=device, dtype=e.dtype,
+                channels_last=e.channels_last, example=example, x=x, reference=reference, atol=atol,
+                min_agreement=min_agreement, max_drop=e.max_accuracy_drop)  # fmt: skip

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel
 
+from .archives import is_archive, load_archive
 from .augment import fit_image, preprocess
 from .devices import device_description, resolve_device
 from .errors import CheckpointError, CifarResnetError
-from .export import is_archive, load_archive
 from .fileio import atomic_write_bytes, check_writable
 from .images import ImageReadError, image_extensions, read_image
 from .progress import Tasks, task
@@ -96,7 +96,7 @@ def predict_images(
         check_writable(csv_path, force=True, what="--csv file")
     device = resolve_device(settings.device)
     if is_archive(model_path):
-        model, meta, _ = load_archive(model_path, device)
+        model, meta, _ = load_archive(model_path, device, runtime=settings.onnx_runtime)
     else:
         model, meta = load_model(model_path)
         model.to(device).eval()

@@ -356,8 +356,13 @@ def render_eval(result) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+_LOADERS = {"torchscript": "torch.jit.load", "aoti": "torch._inductor.aoti_load_package", "onnx": "ONNX Runtime"}
+_METADATA_PLACES = {"torchscript": "extra file cifar_resnet.json", "aoti": "extra/cifar_resnet.json in the package",
+                    "onnx": 'metadata_props "cifar_resnet"'}  # fmt: skip
+
+
 def render_export(result) -> None:
-    table = Table(title=f"TorchScript archives from {result.checkpoint}", title_justify="left")
+    table = Table(title=f"Archives from {result.checkpoint}", title_justify="left")
     table.add_column("archive", overflow="fold")
     table.add_column("method")
     table.add_column("precision")
@@ -366,16 +371,26 @@ def render_export(result) -> None:
     table.add_column("top-1 agree", justify="right")
     for a in result.archives:
         g = a.agreement
+        allowed = f"{g.allowed:.3g}" if a.held_out is None else "reported"
         table.add_row(
             a.path, a.method, f"{a.dtype} {'nhwc' if a.channels_last else 'nchw'}", f"{a.bytes / 2**20:.1f} MiB",
-            f"{g.max_abs_diff:.3g} ({g.allowed:.3g})", Text(f"{g.top1_agreement:.0%}", style="green"),
+            f"{g.max_abs_diff:.3g} ({allowed})", Text(f"{g.top1_agreement:.0%}", style="green"),
         )  # fmt: skip
     out.print(table)
-    device = result.archives[0].verified_on if result.archives else "-"
-    out.print(
-        f"Each verified after a plain torch.jit.load on {device}: a batch of {result.verify_batch} (traced with "
-        f"{result.example_batch}), {result.image_size} px. Metadata: the archive's extra file cifar_resnet.json."
-    )
+    for kind in dict.fromkeys(a.kind for a in result.archives):
+        device = next(a.verified_on for a in result.archives if a.kind == kind)
+        out.print(f"{kind}: verified after a plain {_LOADERS[kind]} on {device}; metadata: {_METADATA_PLACES[kind]}.")
+    for a in result.archives:
+        if a.held_out is None:
+            out.print(f"{a.method} {a.dtype}: a batch of {result.verify_batch} (made from {result.example_batch}), "
+                      f"{result.image_size} px, against eager fp32.")  # fmt: skip
+            continue
+        h = a.held_out
+        out.print(
+            f"{a.method} int8: calibrated on {h.calibration_images} training images; on {h.images} held-out "
+            f"({h.split}) images top-1 {h.fp32_top1:.2f}% fp32 -> {h.int8_top1:.2f}% int8, drop "
+            f"{h.accuracy_drop:.2f} points (allowed {h.max_accuracy_drop:g}), top-1 agreement {h.top1_agreement:.1%}."
+        )
 
 
 def _ms(seconds: float | None) -> str:
@@ -384,7 +399,7 @@ def _ms(seconds: float | None) -> str:
 
 # Columns of the bench table, most important first; a narrow terminal shows the first ones that fit.
 _BENCH_COLUMNS = ("variant", "median ms", "images/s", "speed-up (IQR)", "top-1 agree", "output", "max |diff|",
-                  "p90 ms", "cold start s", "Average Inference Time (seconds)", "% peak")  # fmt: skip
+                  "p90 ms", "cold start s", "Average Inference Time (seconds)", "% peak", "build s")  # fmt: skip
 _BENCH_WIDTHS = {80: 6, 100: 7, 120: 9}  # terminal width -> columns shown (all of them above 120)
 
 
@@ -407,6 +422,7 @@ def _bench_cells(t) -> dict[str, object]:
         "max |diff|": f"{t.max_abs_diff:.2g}" if checked else "-", "p90 ms": _ms(t.p90_s),
         "cold start s": f"{t.cold_start_s:.3f}", "Average Inference Time (seconds)": f"{t.mean_s:.4f}",
         "% peak": "-" if t.share_of_peak is None else f"{t.share_of_peak:.0%}",
+        "build s": "-" if t.build_s is None else f"{t.build_s:.1f}",
     }  # fmt: skip
 
 

@@ -170,29 +170,52 @@ class EvalSettings(_Section):
     tta: bool = Field(False, description="average the predictions of the image and its mirror")
 
 
-Variant = Literal["eager", "trace", "script", "frozen", "compile"]
+Variant = Literal["eager", "trace", "script", "frozen", "compile", "aoti", "onnxruntime", "openvino"]
 Precision = Literal["fp32", "bf16", "fp16"]
+ExportPrecision = Literal["fp32", "bf16", "fp16", "int8"]
 Layout = Literal["nchw", "nhwc"]
 
 
 class ExportSettings(_Section):
-    """TorchScript export and its verification."""
+    """Archives (TorchScript, AOTInductor, ONNX) and their verification."""
 
-    methods: list[Literal["trace", "script", "frozen"]] = Field(["trace", "script"], min_length=1)
-    dtype: Precision = Field("fp32", description="weights and compute dtype inside the archive")
+    methods: list[Literal["trace", "script", "frozen", "aoti", "onnx", "all"]] = Field(
+        ["trace", "script"], min_length=1, description="all: every kind that can be made here for the dtype"
+    )
+    dtype: ExportPrecision = Field("fp32", description="weights and compute dtype inside the archive")
     channels_last: bool = False
     example_batch: int = Field(2, ge=1, le=4096, description="batch size of the tracing example")
     verify_batch: int = Field(5, ge=1, le=4096, description="batch size of the verification (must differ)")
     atol: float | None = Field(None, gt=0, description="max |diff| allowed, relative to the largest logit")
     min_agreement: float | None = Field(None, ge=0, le=1, description="top-1 agreement required")
+    calibration_images: int = Field(
+        256, ge=1, le=100_000, description="int8: training images that set the activation ranges"
+    )
+    max_accuracy_drop: float = Field(
+        1.0, ge=0, le=100, description="int8: top-1 points it may lose on the held-out images"
+    )
     out_dir: Path = Field(Path("exports"), description="where archives are written")
+
+    @model_validator(mode="after")
+    def _method_fits_dtype(self) -> ExportSettings:
+        named = set(self.methods) - {"all"}
+        if self.dtype == "int8" and named - {"onnx"}:
+            raise ValueError("int8 archives are ONNX files (static QDQ quantization by ONNX Runtime): use "
+                             f"--method onnx, not {', '.join(sorted(named - {'onnx'}))}")  # fmt: skip
+        if "onnx" in named and self.dtype in ("bf16", "fp16"):
+            raise ValueError(f"ONNX archives are fp32 or int8, not {self.dtype}: ONNX Runtime's CPU provider has no "
+                             "bf16/fp16 convolutions (OpenVINO runs an fp32 ONNX file in bf16 by itself)")  # fmt: skip
+        if self.channels_last and (self.dtype == "int8" or "onnx" in named):
+            raise ValueError("--channels-last applies to TorchScript and aoti archives; ONNX runtimes pick the "
+                             "layout themselves")  # fmt: skip
+        return self
 
 
 class BenchSettings(_Section):
     """Benchmark variants, precisions, layouts, batch sizes and repetitions."""
 
     variants: list[Variant] = Field(["eager", "trace", "script", "frozen", "compile"], min_length=1)
-    dtypes: list[Precision] = Field(["fp32"], min_length=1)
+    dtypes: list[ExportPrecision] = Field(["fp32"], min_length=1, description="int8: the ONNX runtimes only")
     layouts: list[Layout] = Field(["nchw"], min_length=1)
     batch_sizes: list[Annotated[int, Field(ge=1, le=65_536)]] = Field([1, 64], min_length=1)
     warmup: int = Field(10, ge=0, le=10_000, description="untimed calls after the cold start")
@@ -210,6 +233,9 @@ class Settings(BaseSettings):
     )
 
     device: Device = Field("auto", description="auto picks cuda, then mps, then cpu")
+    onnx_runtime: Literal["onnxruntime", "openvino"] = Field(
+        "onnxruntime", description="what runs .onnx archives in eval and predict"
+    )
     data: DataSettings = Field(default_factory=DataSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)

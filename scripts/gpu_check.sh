@@ -5,12 +5,14 @@
 #   scripts/gpu_check.sh             # on a machine with CUDA
 #   scripts/gpu_check.sh --dry-run   # the same checks on the CPU, small; the CUDA-only ones skipped
 #
-# Checks: bench (fp32/bf16/fp16; eager, trace, script, frozen, compile; no variant may be WRONG),
+# Checks: bench (fp32/bf16/fp16; eager, trace, script, frozen, compile, aoti; no variant may be WRONG),
 # train a few hundred steps with --amp fp16 and --amp bf16 and channels-last, Ctrl-C and resume,
-# torchrun --nproc-per-node 1 (nccl), export on the device and predict with the archive, eval of the
-# checkpoint on the device, and the test suite's gpu-marked tests. (ONNX Runtime and AOTInductor join the
-# bench and export checks when those archive kinds exist.) Logs: $GPU_CHECK_LOGS (kept) or a
-# temporary folder (removed). PYTHON overrides the interpreter (default .venv/bin/python).
+# torchrun --nproc-per-node 1 (nccl), export --method all on the device (TorchScript, an AOTInductor
+# package compiled for CUDA, ONNX verified in ONNX Runtime on the CPU) and predict with the CUDA
+# package, eval of the checkpoint on the device, and the test suite's gpu-marked tests. A dry run
+# exports trace and onnx only (an AOTInductor compile costs 20 s of CPU; tests/test_archives.py covers
+# it). Logs: $GPU_CHECK_LOGS (kept) or a temporary folder (removed). PYTHON overrides the interpreter
+# (default .venv/bin/python).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,10 +32,12 @@ export CIFAR_RESNET_TRAIN__RUNS_DIR="$WORK/runs"
 
 if [[ $DRY == 1 ]]; then
   DEV=cpu; SIZE=32; STEPS_DATA=700; VAL=100; BATCH=50; DTYPES=fp32,bf16; VARIANTS=eager,trace,script,frozen
-  BENCH_BATCHES=1,4; ITERS=3; EPOCHS=1; SLOW=()
+  BENCH_BATCHES=1,4; ITERS=3; EPOCHS=1; SLOW=(); EXPORT=(--method trace --method onnx)
 else
-  DEV=cuda; SIZE=224; STEPS_DATA=13800; VAL=1000; BATCH=64; DTYPES=fp32,bf16,fp16; VARIANTS=eager,trace,script,frozen,compile
+  DEV=cuda; SIZE=224; STEPS_DATA=13800; VAL=1000; BATCH=64; DTYPES=fp32,bf16,fp16
+  VARIANTS=eager,trace,script,frozen,compile,aoti
   BENCH_BATCHES=1,64; ITERS=10; EPOCHS=2; SLOW=(--image-size 160)  # Ctrl-C needs epochs of seconds
+  EXPORT=(--method all)
 fi
 # Synthetic images: VAL held out for validation, the rest in batches of BATCH (200 steps per epoch on
 # CUDA; a dry run limits the steps, except for the Ctrl-C check, which needs an epoch long enough to
@@ -88,7 +92,7 @@ torchrun_one() {
 }
 export_predict() {
   local ckpt="$WORK/runs/bf16/best.safetensors" archive
-  "${CLI[@]}" export "$ckpt" --device "$DEV" --method all --out "$WORK/exports" --json >"$WORK/export.json" ||
+  "${CLI[@]}" export "$ckpt" --device "$DEV" "${EXPORT[@]}" --out "$WORK/exports" --json >"$WORK/export.json" ||
     return 1
   "$PY" -c "
 import sys
@@ -97,8 +101,11 @@ from PIL import Image
 for i in range(3):
     Image.new('RGB', (40, 30), (60 * i, 90, 200 - 50 * i)).save(Path(sys.argv[1]) / f'img{i}.png')
 " "$WORK" || return 1
-  archive=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['archives'][-1]['path'])" "$WORK/export.json") ||
-    return 1
+  # The device's own package where there is one (aoti), else the first archive.
+  archive=$("$PY" -c "
+import json, sys
+archives = json.load(open(sys.argv[1]))['archives']
+print(next((a for a in archives if a['kind'] == 'aoti'), archives[0])['path'])" "$WORK/export.json") || return 1
   "${CLI[@]}" predict "$archive" "$WORK"/img*.png --device "$DEV" --json >"$WORK/predict.json" &&
   need_json "$WORK/predict.json" "len(d['predictions']) == 3"
 }
@@ -116,7 +123,7 @@ if [[ $DRY == 1 ]]; then skip "train --amp fp16" "fp16 trains on CUDA only"; els
 check "train --amp bf16 --channels-last" train_amp bf16 bf16
 check "Ctrl-C and resume" ctrl_c_resume
 check "torchrun --nproc-per-node 1" torchrun_one
-check "export on $DEV, predict with the archive" export_predict
+check "export ${EXPORT[*]} on $DEV, predict with the archive" export_predict
 check "eval on $DEV" eval_device
 if [[ $DRY == 1 ]]; then
   skip "pytest -m gpu" "needs CUDA (and a dry run is itself run by the suite)"

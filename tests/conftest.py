@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -13,6 +14,13 @@ from typer.testing import CliRunner
 
 from cifar_resnet_cli.cli import app
 from cifar_resnet_cli.inspection import randomise_batchnorm
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under `pytest -n N` (make test), N workers share the cores: one thread each, for this process and
+    # every command a test starts. Two OpenMP pools of 2 threads on 2 cores spin against each other and
+    # run several times slower than one thread each.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -38,7 +38,8 @@ def test_variants_of_both_stems_match_eager(stem: str, method: str) -> None:
 
 def test_export_writes_verified_archives_with_metadata(cli, checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "exports" / "v1"  # made when missing
-    result = ExportResult.model_validate(cli.json("export", checkpoint, "--method", "all", "--out", out))
+    torchscript = ["--method", "trace", "--method", "script", "--method", "frozen"]  # onnx, aoti: test_archives.py
+    result = ExportResult.model_validate(cli.json("export", checkpoint, *torchscript, "--out", out))
     assert [a.method for a in result.archives] == ["trace", "script", "frozen"]
     assert all(a.agreement.top1_agreement == 1.0 and a.agreement.images == 5 for a in result.archives)
     model, meta = load_model(checkpoint)
@@ -93,7 +94,7 @@ def test_eval_of_an_archive_equals_eval_of_its_checkpoint(cli, tmp_path: Path) -
     run = cli.json("train", "--dataset", "synthetic", "--synthetic-size", "600", "--val-size", "200", "--init", "none",
                    "--epochs", "1", "--batch-size", "50", "--limit-batches", "4")  # fmt: skip
     ckpt = Path(run["run_dir"]) / "best.safetensors"
-    exported = cli.json("export", ckpt, "--method", "all", "--out", tmp_path)
+    exported = cli.json("export", ckpt, "--method", "trace", "--method", "script", "--freeze", "--out", tmp_path)
     reference = cli.json("eval", ckpt)
     # trace and script run eager's operations on the same batches: the same predictions, exactly.
     # frozen folds BatchNorm into the convolutions, which rounds differently (see assert_fp32_close):
@@ -189,9 +190,10 @@ def test_a_wrong_variant_is_reported_as_wrong(tmp_path: Path) -> None:
 
 
 def test_bench_times_an_archive_exactly_as_shipped(cli, checkpoint: Path, tmp_path: Path) -> None:
-    exported = cli.json("export", checkpoint, "--method", "all", "--out", tmp_path / "exports")
+    exported = cli.json("export", checkpoint, "--method", "trace", "--method", "script", "--freeze", "--out",
+                        tmp_path / "exports")  # fmt: skip
     common = ["--batch-sizes", "1,2", "--warmup", "0", "--iters", "3"]
-    for other in exported["archives"][1:]:  # every archive kind export writes
+    for other in exported["archives"][1:]:  # every TorchScript method (onnx and aoti: test_archives.py)
         rows = cli.json("bench", other["path"], *common)["timings"]
         assert [r["variant"] for r in rows] == [f"archive ({other['method']})"] * 2 and all(r["median_s"] for r in rows)
     archive = exported["archives"][0]["path"]

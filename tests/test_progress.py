@@ -65,7 +65,7 @@ def test_eval_export_bench_and_ablate_report_each_long_step(checkpoint: Path, tm
     cases = [
         (lambda r: evaluate_checkpoint(settings, checkpoint, tasks=r), ["eval test (120 images)"]),
         (lambda r: export_model(settings, checkpoint, tasks=r),
-         ["trace archive: build, save, load back, verify", "frozen archive: build, save, load back, verify"]),
+         ["trace fp32 archive: write, load back, verify", "frozen fp32 archive: write, load back, verify"]),
         (lambda r: benchmark(settings, checkpoint, tasks=r),
          ["eager fp32 nchw: build, warm up, time", "trace fp32 nchw: build, warm up, time"]),
         (lambda r: ablate(settings, checkpoint, limit=20, tasks=r), ["ablation: 21 evaluations of 20 images"]),

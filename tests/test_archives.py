@@ -1,0 +1,259 @@
+"""ONNX (fp32, int8) and AOTInductor archives: written, read back by their plain runtimes, used by eval,
+predict and bench, and refused when wrong. One export of each kind serves the module (an AOTInductor
+compile of ResNet34 takes about 20 s on 2 cores)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import Cli
+
+from cifar_resnet_cli import export as export_module
+from cifar_resnet_cli.augment import preprocess
+from cifar_resnet_cli.bench import BenchResult
+from cifar_resnet_cli.datasets import load_cifar
+from cifar_resnet_cli.export import ExportResult, methods_for_all
+from cifar_resnet_cli.settings import load_settings
+from cifar_resnet_cli.weights import load_model
+
+onnx = pytest.importorskip("onnx", reason="the [onnx] extra is part of make test")
+ort = pytest.importorskip("onnxruntime", reason="the [onnx] extra is part of make test")
+
+SYNTHETIC = ["--synthetic-size", "800", "--val-size", "300"]
+# The module's tests share one trained checkpoint and one export of each kind: one xdist worker runs them all.
+pytestmark = pytest.mark.xdist_group("archives")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint that has learned the synthetic classes (feature extraction from a random backbone on
+    cached features: seconds, and well above chance, so int8 has accuracy to lose)."""
+    root = tmp_path_factory.mktemp("trained")
+    r = Cli()(
+        "train", "--dataset", "synthetic", *SYNTHETIC, "--init", "none", "--freeze-backbone", "--epochs", "8",
+        "--batch-size", "64", "--optimizer", "adamw", "--lr", "0.01", "--runs-dir", root / "runs", "--json",
+        env={"CIFAR_RESNET_DATA__DATA_DIR": str(root / "data")},
+    )  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["test_top1"] > 0.4, summary["test_top1"]  # chance is 0.1
+    return Path(summary["best_checkpoint"])
+
+
+@pytest.fixture(scope="module")
+def exported(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("exports")
+    env = {"CIFAR_RESNET_DATA__DATA_DIR": str(trained.parent.parent.parent / "data")}
+    r = Cli()("export", trained, "--method", "onnx", "--method", "aoti", "--out", out, "--json", env=env)
+    assert r.exit_code == 0, r.stderr
+    result = ExportResult.model_validate_json(r.stdout)
+    # A few images more or less per CPU's int8 kernels: 3 points of 300 images is 9 of them.
+    r8 = Cli()("export", trained, "--method", "all", "--dtype", "int8", "--calibration-images", "128",
+               "--max-accuracy-drop", "3", "--out", out, "--json", env=env)  # fmt: skip
+    assert r8.exit_code == 0, r8.stderr
+    int8 = ExportResult.model_validate_json(r8.stdout)
+    assert [a.method for a in int8.archives] == ["onnx"]  # all, for int8, is ONNX only
+    paths = {a.kind: Path(a.path) for a in result.archives} | {"int8": Path(int8.archives[0].path)}
+    paths["summary"] = out / "int8.json"
+    paths["summary"].write_text(r8.stdout)
+    return paths
+
+
+def _eager(checkpoint: Path, x: torch.Tensor) -> torch.Tensor:
+    model, _ = load_model(checkpoint)
+    with torch.inference_mode():
+        return model.eval()(x)
+
+
+def test_each_kind_reloads_with_its_plain_runtime_and_carries_the_metadata(trained: Path, exported) -> None:
+    assert exported["onnx"].name == "best.onnx" and exported["aoti"].name == "best.aoti.pt2"
+    _, meta = load_model(trained)
+    x = torch.randn(7, 3, 32, 32)  # another batch size than the export's example (2) and check (5)
+    expected = _eager(trained, x)
+    # ONNX: onnx for the metadata, onnxruntime for the numbers, nothing of ours.
+    proto = onnx.load(str(exported["onnx"]))
+    data = json.loads({p.key: p.value for p in proto.metadata_props}["cifar_resnet"])
+    assert data["class_names"] == meta.class_names and data["mean"] == list(meta.mean) and data["image_size"] == 32
+    session = ort.InferenceSession(str(exported["onnx"]), providers=["CPUExecutionProvider"])
+    out = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    assert (out - expected).abs().max() <= 1e-4 * max(1.0, float(expected.abs().max()))
+    # AOTInductor: a zip with extra/cifar_resnet.json; torch alone runs it.
+    with zipfile.ZipFile(exported["aoti"]) as z:
+        (name,) = [n for n in z.namelist() if n.endswith("/extra/cifar_resnet.json")]
+        data = json.loads(z.read(name))
+    assert data["export_method"] == "aoti" and data["export_device"] == "cpu" and data["num_classes"] == 10
+    runner = torch._inductor.aoti_load_package(str(exported["aoti"]))
+    with torch.inference_mode():
+        out = runner(x)
+    assert (out - expected).abs().max() <= 1e-4 * max(1.0, float(expected.abs().max()))
+
+
+def test_int8_is_scored_on_held_out_images_and_says_so(exported) -> None:
+    result = ExportResult.model_validate_json(exported["summary"].read_text())
+    (archive,) = result.archives
+    h = archive.held_out
+    assert archive.kind == "onnx" and archive.dtype == "int8" and exported["int8"].name == "best.int8.onnx"
+    assert h.split == "val" and h.images == 300 and h.calibration_images == 128 and h.max_accuracy_drop == 3
+    assert h.accuracy_drop == pytest.approx(h.fp32_top1 - h.int8_top1) and h.accuracy_drop <= 3
+    assert h.top1_agreement >= 0.95 and archive.bytes < exported["onnx"].stat().st_size / 3  # int8 weights
+    proto = onnx.load(str(exported["int8"]))
+    data = json.loads({p.key: p.value for p in proto.metadata_props}["cifar_resnet"])
+    assert data["int8_held_out"]["accuracy_drop"] == h.accuracy_drop and data["export_dtype"] == "int8"
+    assert any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+
+
+def test_eval_and_predict_of_every_kind_equal_the_checkpoint(cli, trained: Path, exported, tmp_path: Path) -> None:
+    env = {"CIFAR_RESNET_DATA__DATA_DIR": str(trained.parent.parent.parent / "data")}
+    reference = cli.json("eval", trained, env=env)
+    # Images whose two best fp32 logits lie within the fp32 tolerance may swap under another runtime's
+    # summation order; no other image may.
+    model, meta = load_model(trained)
+    data = load_cifar("synthetic", trained.parent.parent.parent / "data", download=False, val_size=300, split_seed=0,
+                      synthetic_size=800)  # fmt: skip
+    x = preprocess(data.test.images, meta.mean, meta.std, meta.image_size)
+    with torch.inference_mode():
+        top2 = model.eval()(x).topk(2, dim=1).values
+    undecided = int(((top2[:, 0] - top2[:, 1]) <= 1e-4 * max(1.0, float(top2.abs().max()))).sum())
+    runs = [(exported["onnx"], []), (exported["aoti"], [])]
+    if _has("openvino"):  # OpenVINO runs an fp32 file in fp32 (hint f32), so the same tolerance holds
+        runs.append((exported["onnx"], ["--onnx-runtime", "openvino"]))
+    for path, flags in runs:
+        result = cli.json("eval", path, *flags, env=env)
+        assert result["images"] == reference["images"]
+        assert abs(result["top1"] - reference["top1"]) * result["images"] <= undecided + 1e-9, (path, flags)
+    int8 = cli.json("eval", exported["int8"], env=env)  # int8: within its measured drop plus sampling noise
+    assert int8["top1"] >= reference["top1"] - 0.05
+    images = tmp_path / "imgs"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        from PIL import Image
+
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    base = [p["top"][0]["index"] for p in cli.json("predict", trained, images)["predictions"]]
+    for kind in ("onnx", "aoti"):
+        assert [p["top"][0]["index"] for p in cli.json("predict", exported[kind], images)["predictions"]] == base
+
+
+def test_bench_times_every_archive_kind_with_each_runtime(cli, exported) -> None:
+    common = ["--batch-sizes", "1,3", "--warmup", "0", "--iters", "3", "--peak-matmul", "256"]
+    for kind, labels in (("aoti", ["archive (aoti)"]), ("onnx", ["archive (onnx, onnxruntime)"]),
+                         ("int8", ["archive (onnx, onnxruntime)"])):  # fmt: skip
+        result = BenchResult.model_validate(cli.json("bench", exported[kind], *common))
+        variants = [t.variant for t in result.timings]
+        if "openvino" in sys.modules or _has("openvino"):
+            labels = [*labels, labels[0].replace("onnxruntime", "openvino")] if kind != "aoti" else labels
+        assert variants == [v for v in labels for _ in (1, 3)], variants
+        assert all(t.error is None and t.median_s > 0 and t.iters == 3 for t in result.timings)
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def test_bench_runs_the_deployment_runtimes_beside_eager(cli) -> None:
+    variants = "eager,onnxruntime" + (",openvino" if _has("openvino") else "")
+    result = BenchResult.model_validate(cli.json(
+        "bench", "--variants", variants, "--dtypes", "fp32,bf16,int8", "--batch-sizes", "1,3", "--warmup", "1",
+        "--iters", "3", "--peak-matmul", "256",
+    ))  # fmt: skip
+    rows = {(t.variant, t.dtype, t.batch_size): t for t in result.timings}
+    expected = {("eager", "fp32"), ("eager", "bf16"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")}
+    if _has("openvino"):
+        expected |= {("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8")}
+    assert {(v, d) for v, d, _ in rows} == expected
+    for t in rows.values():
+        assert t.error is None and t.correct, (t.variant, t.dtype, t.error, t.max_abs_diff, t.top1_agreement)
+        assert (t.build_s is not None) == (t.variant != "eager")
+    assert any("onnxruntime bf16" in w for w in result.warnings)  # skipped, and said why
+    assert any("int8 rows are calibrated on random inputs" in w for w in result.warnings)
+
+
+def test_a_destroyed_int8_model_is_refused_and_not_written(trained: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CIFAR_RESNET_DATA__DATA_DIR", str(trained.parent.parent.parent / "data"))
+    settings = load_settings(None, {"export": {"methods": ["onnx"], "dtype": "int8", "out_dir": tmp_path,
+                                               "calibration_images": 64}})  # fmt: skip
+    # Calibrated on images a thousand times too dark: every real activation saturates its int8 range.
+    with pytest.raises(export_module.VerificationError, match="nothing was written"):
+        export_model = export_module.export_model
+        export_model(settings, trained, tamper_calibration=1e-3)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_broken_onnx_export_is_caught_and_not_kept(cli, trained: Path, tmp_path: Path, monkeypatch) -> None:
+    original = export_module.onnx_proto
+
+    def broken(deployed, example, metadata):
+        with torch.no_grad():
+            deployed.model.layer2[0].bn1.running_mean.add_(0.5)  # the file computes something else
+        return original(deployed, example, metadata)
+
+    monkeypatch.setattr(export_module, "onnx_proto", broken)
+    r = cli("export", trained, "--method", "onnx", "--out", tmp_path)
+    assert r.exit_code == 1 and "differs from the eager model" in r.err and "nothing was written" in r.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_damaged_archives_are_refused_in_one_line(cli, exported, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(exported["onnx"].read_bytes()[:100_000])
+    bare = tmp_path / "bare.onnx"
+    proto = onnx.load(str(exported["onnx"]))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(bare))
+    cut_pt2 = tmp_path / "cut.pt2"
+    cut_pt2.write_bytes(exported["aoti"].read_bytes()[:1_000_000])
+    for path, message in ((cut, "not a readable ONNX archive"), (bare, "has no metadata_props"),
+                          (cut_pt2, "not a readable")):  # fmt: skip
+        for command in ("eval", "predict"):
+            r = cli(command, path, *([tmp_path] if command == "predict" else []))
+            assert r.exit_code == 1 and message in r.err and "Traceback" not in r.stderr, (path, command, r.err)
+
+
+def test_a_missing_extra_is_one_line(cli, trained: Path, exported, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript now raises ImportError
+    r = cli("export", trained, "--method", "onnx", "--out", tmp_path)
+    assert r.exit_code == 1 and "pip install 'cifar-resnet[onnx]'" in r.err and "Traceback" not in r.stderr
+    assert len(r.err.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
+    assert "onnx" not in methods_for_all("fp32")[0] and "onnxscript" in methods_for_all("fp32")[1][-1]
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    r = cli("eval", exported["onnx"])
+    assert r.exit_code == 1 and "pip install 'cifar-resnet[onnx]'" in r.err and "Traceback" not in r.stderr
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    rows = cli.json("bench", "--variants", "eager,openvino", "--batch-sizes", "1", "--iters", "3", "--warmup", "0",
+                    "--peak-matmul", "0")["timings"]  # fmt: skip
+    assert "cifar-resnet[openvino]" in rows[1]["error"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "trace", "--dtype", "int8"], "int8 archives are ONNX files"),
+        (["--method", "onnx", "--dtype", "bf16"], "ONNX archives are fp32 or int8"),
+        (["--method", "onnx", "--channels-last"], "--channels-last applies to TorchScript and aoti"),
+        (["--method", "tflite"], "'tflite' is not one of"),
+        (["--method", "onnx", "--dtype", "int8", "--calibration-images", "0"], "calibration"),
+        (["--method", "onnx", "--dtype", "int8", "--max-accuracy-drop", "-1"], "max-accuracy-drop"),
+    ],
+)
+def test_bad_export_input_is_one_line_and_exit_2(cli, trained: Path, tmp_path: Path, args, message) -> None:
+    r = cli("export", trained, *args, "--out", tmp_path)
+    assert r.exit_code == 2 and message in r.err and "Traceback" not in r.stderr, r.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_int8_without_its_data_says_where_it_looked(cli, tmp_path: Path) -> None:
+    ckpt = tmp_path / "w.safetensors"
+    assert cli("port", "--weights", "none", "--dataset", "cifar10", "--out", ckpt).exit_code == 0
+    r = cli("export", ckpt, "--method", "onnx", "--dtype", "int8", "--out", tmp_path / "x", "--data-dir",
+            tmp_path / "none")  # fmt: skip
+    assert r.exit_code == 1 and "cifar-10-batches-py" in r.err and "Traceback" not in r.stderr, r.err
+    assert not (tmp_path / "x").exists() or list((tmp_path / "x").iterdir()) == []
