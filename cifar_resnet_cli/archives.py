@@ -244,3 +244,16 @@ def load_archive(path: Path, device: torch.device | str = "cpu", *, optimize: bo
         runner = AotiRunner(path, device)
         return runner, _checked_meta(runner.data, path), runner.data
     return load_torchscript(path, device, optimize=optimize)
+
+
+def load_for_inference(path: Path, device: torch.device | str = "cpu", *,
+                       runtime: str = "onnxruntime") -> tuple[Runner, WeightsMeta]:  # fmt: skip
+    """Any model file a command may be given, ready to call: one of our ``.safetensors`` checkpoints (an
+    eager ResNet34 in eval mode on ``device``) or any archive ``export`` writes."""
+    if is_archive(path):
+        runner, meta, _ = load_archive(path, device, runtime=runtime)
+        return runner, meta
+    from .weights import load_model
+
+    model, meta = load_model(path)
+    return model.to(device).eval(), meta

@@ -278,7 +278,7 @@ def _combos(b: BenchSettings, device: torch.device) -> tuple[list[tuple[str, str
                     skipped.append(reason)
                 elif not (v == "eager" and d == "fp32" and lay == "nchw"):
                     combos.append((v, d, lay, False))
-    return combos, skipped
+    return combos, list(dict.fromkeys(skipped))
 
 
 def _write_csv(path: Path, timings: list[Timing]) -> None:

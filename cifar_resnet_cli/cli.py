@@ -89,7 +89,7 @@ OnnxRuntimeOpt = Annotated[
     Optional[OnnxRuntimeName],
     typer.Option(
         "--onnx-runtime",
-        help="What runs an .onnx archive: onnxruntime, or openvino (the [openvino] extra). (default: onnxruntime)",
+        help="What runs an .onnx archive: onnxruntime, or openvino (pip extra: openvino). (default: onnxruntime)",
     ),
 ]
 DatasetOpt = Annotated[
@@ -943,7 +943,7 @@ def bench_cmd(
         _opt(
             "--variants",
             "Comma-separated: eager, trace, script, frozen, compile; aoti (AOTInductor .pt2), onnxruntime, "
-            "openvino (an ONNX file, [onnx]/[openvino] extras). (default: eager, trace, script, frozen, compile)",
+            "openvino (an ONNX file; pip extras onnx, openvino). (default: eager, trace, script, frozen, compile)",
         ),
     ] = None,
     dtypes: Annotated[

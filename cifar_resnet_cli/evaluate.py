@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel
 from torch import nn
 
-from .archives import is_archive, load_archive
+from .archives import load_for_inference
 from .augment import preprocess
 from .datasets import ImageSet, load_checked_data, split_of
 from .devices import device_description, resolve_device
@@ -22,7 +22,6 @@ from .fileio import atomic_write_bytes, check_writable
 from .plots import PlotUnavailable, plot_confusion
 from .progress import Tasks, task
 from .settings import Settings
-from .weights import load_model
 
 
 @dataclass
@@ -170,11 +169,7 @@ def evaluate_checkpoint(
         if target is not None:
             check_writable(target, force=True, what=what)
     device = resolve_device(settings.device)
-    if is_archive(path):  # any archive from `export`: it carries the same metadata
-        model, meta, _ = load_archive(path, device, runtime=settings.onnx_runtime)
-    else:
-        model, meta = load_model(path)
-        model.to(device)
+    model, meta = load_for_inference(path, device, runtime=settings.onnx_runtime)  # archives carry the metadata
     data = load_checked_data(settings, meta, path, tasks)
     split = split_of(data, settings.eval.split)
     start = time.perf_counter()

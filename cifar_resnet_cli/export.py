@@ -286,11 +286,13 @@ def _score_int8(job: _Job, path: Path) -> HeldOut:
     images, labels = job.held_out or (torch.empty(0), torch.empty(0))
     fp32 = torch.cat([job.model(images[i : i + 256]).float() for i in range(0, len(images), 256)])
     int8 = torch.cat([runner(images[i : i + 256]) for i in range(0, len(images), 256)])
-    fp32_top1 = float((fp32.argmax(1) == labels).float().mean()) * 100
-    int8_top1 = float((int8.argmax(1) == labels).float().mean()) * 100
+    n = max(len(labels), 1)
+    fp32_correct, int8_correct = int((fp32.argmax(1) == labels).sum()), int((int8.argmax(1) == labels).sum())
     agree = float((fp32.argmax(1) == int8.argmax(1)).float().mean())
+    # Points from image counts, so that 10 images of 1,000 are exactly 1.0 (not 1.0000000000000036).
     return HeldOut(split="val", images=len(labels), calibration_images=sum(len(b) for b in job.calibration or []),
-                   fp32_top1=fp32_top1, int8_top1=int8_top1, accuracy_drop=fp32_top1 - int8_top1,
+                   fp32_top1=100 * fp32_correct / n, int8_top1=100 * int8_correct / n,
+                   accuracy_drop=100 * (fp32_correct - int8_correct) / n,
                    max_accuracy_drop=job.max_drop, top1_agreement=agree)  # fmt: skip
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel
 
-from .archives import is_archive, load_archive
+from .archives import load_for_inference
 from .augment import fit_image, preprocess
 from .devices import device_description, resolve_device
 from .errors import CheckpointError, CifarResnetError
@@ -23,7 +23,6 @@ from .fileio import atomic_write_bytes, check_writable
 from .images import ImageReadError, image_extensions, read_image
 from .progress import Tasks, task
 from .settings import Settings
-from .weights import load_model
 
 
 class Guess(BaseModel):
@@ -95,11 +94,7 @@ def predict_images(
     if csv_path is not None:
         check_writable(csv_path, force=True, what="--csv file")
     device = resolve_device(settings.device)
-    if is_archive(model_path):
-        model, meta, _ = load_archive(model_path, device, runtime=settings.onnx_runtime)
-    else:
-        model, meta = load_model(model_path)
-        model.to(device).eval()
+    model, meta = load_for_inference(model_path, device, runtime=settings.onnx_runtime)
     if not meta.class_names or len(meta.class_names) != meta.num_classes:
         raise CheckpointError(f"{model_path} does not name its {meta.num_classes} classes", "re-export it")
     files = collect(inputs, recursive)
