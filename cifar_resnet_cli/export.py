@@ -117,7 +117,11 @@ class Agreement(BaseModel):
 
 @torch.inference_mode()
 def compare(candidate: nn.Module, reference: Tensor, x: Tensor, atol: float) -> Agreement:
-    out = candidate(x).float()
+    return compare_outputs(candidate(x).float(), reference, atol)
+
+
+def compare_outputs(out: Tensor, reference: Tensor, atol: float) -> Agreement:
+    """Logits against the eager fp32 logits of the same images."""
     scale = max(1.0, float(reference.abs().max()))
     same = out.argmax(1) == reference.argmax(1)
     top2 = reference.topk(min(2, reference.shape[1]), dim=1).values
@@ -129,7 +133,7 @@ def compare(candidate: nn.Module, reference: Tensor, x: Tensor, atol: float) -> 
         top1_agreement=float(same.float().mean()),
         decisive_images=int(decisive.sum()),
         decisive_agreement=float(same[decisive].float().mean()) if bool(decisive.any()) else 1.0,
-        images=len(x),
+        images=len(out),
         allowed=atol * scale,
     )
 
@@ -249,6 +253,7 @@ class _Job:
     max_drop: float  # int8: allowed top-1 loss on the held-out images, in points
     calibration: list[Tensor] | None = None  # int8: preprocessed training batches
     held_out: tuple[Tensor, Tensor] | None = None  # int8: preprocessed validation images and labels
+    held_out_logits: Tensor | None = None  # int8: the fp32 model's logits on them, computed once
 
 
 def _write(job: _Job, method: str, tmp: Path, target: Path) -> HeldOut | None:
@@ -284,7 +289,9 @@ def _score_int8(job: _Job, path: Path) -> HeldOut:
     """The int8 file's top-1 on the held-out images against the fp32 checkpoint's, from a fresh session."""
     runner, _, _ = load_archive(path, "cpu", kind="onnx")
     images, labels = job.held_out or (torch.empty(0), torch.empty(0))
-    fp32 = torch.cat([job.model(images[i : i + 256]).float() for i in range(0, len(images), 256)])
+    if job.held_out_logits is None:
+        job.held_out_logits = torch.cat([job.model(images[i : i + 256]).float() for i in range(0, len(images), 256)])
+    fp32 = job.held_out_logits
     int8 = torch.cat([runner(images[i : i + 256]) for i in range(0, len(images), 256)])
     n = max(len(labels), 1)
     fp32_correct, int8_correct = int((fp32.argmax(1) == labels).sum()), int((int8.argmax(1) == labels).sum())
@@ -304,8 +311,8 @@ def _verify(job: _Job, method: str, tmp: Path, held_out: HeldOut | None) -> tupl
     if held_out is not None:  # int8: judged on real images, where its ranges were calibrated
         images, _ = job.held_out or (torch.empty(0), None)
         with torch.inference_mode():
-            reference = job.model(images).float()
-        return compare(loaded, reference, images, job.atol), runtime
+            out = torch.cat([loaded(images[i : i + 256]) for i in range(0, len(images), 256)])
+        return compare_outputs(out, job.held_out_logits, job.atol), runtime
     agreement = compare(loaded, job.reference.to(device), job.x.to(device), job.atol)
     if method == "frozen":  # also as our loaders run it: optimised for this machine after loading
         optimised = compare(load_archive(tmp, device, kind="torchscript")[0], job.reference.to(device),
