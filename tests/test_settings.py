@@ -134,16 +134,17 @@ def test_example_toml_lists_every_setting_with_its_default() -> None:
     assert set(data) <= set(Settings.model_fields)
 
 
-def test_the_recipe_example_is_the_readmes_plain_recipe() -> None:
+def test_the_recipe_example_is_the_readmes_winning_recipe() -> None:
     recipe = load_settings(EXAMPLE.parent / "recipe_cifar10_scratch.toml")
     t = recipe.train
-    assert (t.init, t.epochs, t.batch_size, t.lr, t.warmup_epochs, t.label_smoothing) == (
+    assert (t.init, t.epochs, t.batch_size, t.lr, t.warmup_epochs, t.label_smoothing, t.schedule) == (
         "none",
         15,
         128,
         0.1,
-        1.0,
+        0.0,
         0.1,
+        "onecycle",
     )
     assert (t.ema_decay, t.auto_augment, t.cutmix, t.amp) == (0.0, "none", 0.0, "auto")
     assert (recipe.data.val_size, recipe.model.stem, recipe.model.image_size) == (1000, "imagenet", 32)
