@@ -860,7 +860,7 @@ def export_cmd(
     ] = None,
     calibration_images: Annotated[
         Optional[int],
-        _opt("--calibration-images", "int8: training images that set the activation ranges. (default: 256)"),
+        _opt("--calibration-images", "int8: training images that set the activation ranges. (default: 1024)"),
     ] = None,
     max_accuracy_drop: Annotated[
         Optional[float],

@@ -189,7 +189,7 @@ class ExportSettings(_Section):
     atol: float | None = Field(None, gt=0, description="max |diff| allowed, relative to the largest logit")
     min_agreement: float | None = Field(None, ge=0, le=1, description="top-1 agreement required")
     calibration_images: int = Field(
-        256, ge=1, le=100_000, description="int8: training images that set the activation ranges"
+        1024, ge=1, le=100_000, description="int8: training images that set the activation ranges"
     )
     max_accuracy_drop: float = Field(
         1.0, ge=0, le=100, description="int8: top-1 points it may lose on the held-out images"
