@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The offline demo behind `make demo`: inspect, port, train, eval, chained with --json.
+# The offline demo behind `make demo`: inspect, port, train, eval, export, bench, predict, chained with --json.
 # Nothing here needs the network: the ported checkpoint is a random-initialised torchvision
 # ResNet34 saved as a real .pth file, exactly the file type torchvision's download gives, and the
 # data are the built-in synthetic set, written in the CIFAR layout (it says so wherever it is used).
@@ -40,15 +40,18 @@ run=$(cifar-resnet train "${SYNTH[@]}" --init "$OUT/random-synthetic.safetensors
     --amp bf16 --channels-last --name finetune --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["run_dir"])')
 cifar-resnet eval "$run/best.safetensors" --data-dir "$OUT/data" --confusion "$run/confusion.csv"
 
-echo "== 8. Export TorchScript (trace, script, frozen), each verified against eager; eval an archive ==" >&2
+echo "== 8. Export every kind (TorchScript, AOTInductor .pt2, ONNX) and int8 ONNX, each verified; eval archives ==" >&2
 mkdir -p "$OUT/exports"
 cifar-resnet export "$run/best.safetensors" --method all --out "$OUT/exports" --force
+cifar-resnet export "$run/best.safetensors" --method onnx --dtype int8 --out "$OUT/exports" --force
 cifar-resnet eval "$OUT/exports/best.trace.pt" --data-dir "$OUT/data" --json \
     | python3 -c 'import json,sys; r=json.load(sys.stdin); print("traced archive: test top-1 %.4f" % r["top1"])'
+cifar-resnet eval "$OUT/exports/best.int8.onnx" --data-dir "$OUT/data" --onnx-runtime openvino --json \
+    | python3 -c 'import json,sys; r=json.load(sys.stdin); print("int8 ONNX in OpenVINO: test top-1 %.4f" % r["top1"])'
 
-echo "== 9. Benchmark eager, traced, scripted and frozen side by side (short run) ==" >&2
-cifar-resnet bench "$run/best.safetensors" --variants eager,trace,script,frozen --dtypes fp32,bf16 \
-    --layouts nchw,nhwc --batch-sizes 64 --warmup 3 --iters 10
+echo "== 9. Benchmark eager, TorchScript and the ONNX runtimes side by side (short run) ==" >&2
+cifar-resnet bench "$run/best.safetensors" --variants eager,trace,script,frozen,onnxruntime,openvino \
+    --dtypes fp32,bf16,int8 --layouts nchw,nhwc --batch-sizes 64 --warmup 3 --iters 10
 
 echo "== 10. predict: a few synthetic test images written out as PNG files, classified by the archive ==" >&2
 python3 - "$OUT/data" "$OUT/images" <<'PY'
