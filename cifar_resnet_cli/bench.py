@@ -313,19 +313,20 @@ def _environment(settings: Settings, device: torch.device, *, stem: str, size: i
     return env
 
 
-def _archive_runners(path: Path, device: torch.device) -> tuple[list[tuple[str, object]], dict, list[str]]:
+def _archive_runners(path: Path, device: torch.device) -> tuple[list[tuple[str, object]], WeightsMeta, dict,
+                                                                list[str]]:  # fmt: skip
     """(label, callable) for each runtime that runs this archive here: ONNX files in ONNX Runtime and, when
     installed, OpenVINO; TorchScript and AOTInductor in torch."""
-    module, _, extra = load_archive(path, device)
+    module, meta, extra = load_archive(path, device)
     method = extra.get("export_method", "?")
     if archive_kind(path) != "onnx":
-        return [(f"archive ({method})", module)], extra, []
+        return [(f"archive ({method})", module)], meta, extra, []
     runners, notes = [(f"archive ({method}, onnxruntime)", module)], []
     try:
         runners.append((f"archive ({method}, openvino)", load_archive(path, device, runtime="openvino")[0]))
     except MissingExtra as exc:
         notes.append(f"not timed with OpenVINO: {exc}")
-    return runners, extra, notes
+    return runners, meta, extra, notes
 
 
 def _benchmark_archive(settings: Settings, path: Path, device: torch.device, csv_path: Path | None,
@@ -334,8 +335,7 @@ def _benchmark_archive(settings: Settings, path: Path, device: torch.device, csv
     load it (an ONNX file by each installed runtime), at every batch size. It carries no eager model, so
     there is nothing to compare it with."""
     b = settings.bench
-    runners, extra, warnings = _archive_runners(path, device)
-    meta = WeightsMeta.checked({k: v for k, v in extra.items() if k in WeightsMeta.model_fields}, path)
+    runners, meta, extra, warnings = _archive_runners(path, device)
     size = settings.model.image_size if "image_size" in settings.model.model_fields_set else meta.image_size
     gen = torch.Generator().manual_seed(settings.train.seed)
     inputs = {batch: torch.randn(batch, 3, size, size, generator=gen).to(device) for batch in b.batch_sizes}
