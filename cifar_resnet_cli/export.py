@@ -368,7 +368,7 @@ def _export_one(job: _Job, method: str, target: Path, bar: Tasks) -> ArchiveInfo
     )  # fmt: skip
 
 
-def _int8_data(settings: Settings, meta: WeightsMeta, path: Path,
+def int8_data(settings: Settings, meta: WeightsMeta, path: Path,
                tasks: Tasks | None) -> tuple[list[Tensor], tuple[Tensor, Tensor]]:  # fmt: skip
     """Calibration batches from the checkpoint's training split and its held-out validation images, both
     preprocessed as the checkpoint's metadata says (mean/std, image size)."""
@@ -410,7 +410,7 @@ def export_model(settings: Settings, path: Path, *, force: bool = False, tasks: 
         raise CheckpointError(f"{', '.join(existing)} already exists", "pass --force to overwrite")
     job = _job(settings, model, meta, ckpt_sha, device)
     if e.dtype == "int8":
-        job.calibration, job.held_out = _int8_data(settings, meta, path, tasks)
+        job.calibration, job.held_out = int8_data(settings, meta, path, tasks)
         if tamper_calibration is not None:
             job.calibration = [b * tamper_calibration for b in job.calibration]
     archives = []

@@ -10,7 +10,7 @@ import contextlib
 import io
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -83,7 +83,7 @@ class _Calibration:
         return None if batch is None else {"input": batch.numpy()}
 
 
-def quantize_onnx(fp32_proto, out: Path, calibration: list[Tensor]) -> None:
+def quantize_onnx(fp32_proto, out: Path, calibration: list[Tensor], *, exclude: Sequence[str] = ()) -> None:
     """Static int8 quantization by ONNX Runtime: QDQ format, signed int8 weights per output channel,
     unsigned int8 activations with min/max ranges measured on ``calibration`` (preprocessed float32
     batches). u8 activations x s8 weights is the x86 VNNI instruction's own pairing: ONNX Runtime runs
@@ -91,7 +91,8 @@ def quantize_onnx(fp32_proto, out: Path, calibration: list[Tensor]) -> None:
     Each range is the average of the calibration batches' min/max (batches of 32), not the extreme over all
     of them: one outlier image no longer widens a range for every image. On a cifar10-mini model (32 px, 256
     calibration images, 1,000 held-out) that took the drop from 1.0 to 0.0 points and the top-1 agreement
-    from 86% to 94% (README, "Deployment")."""
+    from 86% to 94% (README, "Deployment"). ``exclude``: ONNX node names kept in float (used by
+    ``benchmarks/int8_sensitivity.py`` to quantize one stage at a time)."""
     quant = optional("onnxruntime.quantization", "int8 ONNX export")
     shape_inference = optional("onnxruntime.quantization.shape_inference", "int8 ONNX export")
     with tempfile.TemporaryDirectory(prefix="cifar-resnet-int8-") as tmp:
@@ -104,6 +105,7 @@ def quantize_onnx(fp32_proto, out: Path, calibration: list[Tensor]) -> None:
                     str(prepared), str(out), _Calibration(calibration), quant_format=quant.QuantFormat.QDQ,
                     per_channel=True, activation_type=quant.QuantType.QUInt8, weight_type=quant.QuantType.QInt8,
                     calibrate_method=quant.CalibrationMethod.MinMax, extra_options={"CalibMovingAverage": True},
+                    nodes_to_exclude=list(exclude),
                 )  # fmt: skip
         except CifarResnetError:
             raise

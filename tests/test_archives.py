@@ -5,6 +5,8 @@ compile of ResNet34 takes about 20 s on 2 cores)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -63,6 +65,27 @@ def exported(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     paths["summary"] = out / "int8.json"
     paths["summary"].write_text(r8.stdout)
     return paths
+
+
+def test_the_int8_sensitivity_benchmark_measures_the_file_export_writes(trained: Path, exported) -> None:
+    """benchmarks/int8_sensitivity.py calibrates as export does: its whole-model entry is the archive's own
+    held-out score, image for image (the same calibration images, quantizer and thread count)."""
+    root = Path(__file__).resolve().parents[1]
+    script = root / "benchmarks" / "int8_sensitivity.py"
+    cmd = [sys.executable, str(script), str(trained), "--calibration-images", "128"]
+    env = {**os.environ, "CIFAR_RESNET_DATA__DATA_DIR": str(trained.parent.parent.parent / "data")}
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=root, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    held_out = ExportResult.model_validate_json(exported["summary"].read_text()).archives[0].held_out
+    assert result["images"] == held_out.images == 300 and result["calibration_images"] == 128
+    assert result["int8"]["agreement"] == pytest.approx(held_out.top1_agreement)
+    assert result["int8"]["drop_points"] == pytest.approx(held_out.accuracy_drop)
+    parts = ["weights_only", "only_stem", "only_layer1", "only_layer2", "only_layer3", "only_layer4", "only_fc"]
+    for name in ["int8", *parts]:
+        entry = result[name]
+        assert entry["flips"] == round((1 - entry["agreement"]) * 300) and entry["diff_error_std"] >= 0, name
+    assert 0 <= result["margins"]["below_0.05"] <= result["margins"]["below_0.1"] <= 1
 
 
 def _eager(checkpoint: Path, x: torch.Tensor) -> torch.Tensor:
