@@ -9,7 +9,8 @@ QDQ settings, the data settings from the checkpoint, its run folder and CIFAR_RE
 - ``margins``: the share of images whose two best fp32 logits are within 0.05 / 0.1 of each other
   (any perturbation of that size can flip them, so they bound the agreement any int8 model can reach);
 - ``weights_only``: weights rounded to int8 exactly as the archive stores them (symmetric, one scale per
-  output channel, round to nearest), activations left in float; simulated in PyTorch;
+  output channel; by GPTQ or to nearest as ``--weight-rounding`` says, GPTQ by default as in ``export``),
+  activations left in float; simulated in PyTorch. With GPTQ, ``weights_only_nearest`` beside it;
 - ``int8``: the whole model quantized (the file ``export`` would write);
 - ``only_<stage>``: only that stage quantized (stem, layer1..4, fc), the rest of the graph in float.
 
@@ -21,17 +22,18 @@ runner-up), the quantity whose sign decides a flip. Prints one JSON object with 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from cifar_resnet_cli.archives import optional
 from cifar_resnet_cli.devices import cpu_matrix_flags, cpu_name
 from cifar_resnet_cli.export import Deployed, int8_data
+from cifar_resnet_cli.rounding import round_weights
 from cifar_resnet_cli.settings import load_settings
 from cifar_resnet_cli.weights import load_model
 from cifar_resnet_cli.writers import onnx_proto, quantize_onnx, save_onnx
@@ -53,19 +55,6 @@ def summary(out: Tensor, ref: Tensor, labels: Tensor) -> dict:
     return {"agreement": float((out.argmax(1) == ref.argmax(1)).float().mean()),
             "flips": int((out.argmax(1) != ref.argmax(1)).sum()), "drop_points": 100 * drop / n,
             "diff_error_std": round(float(diff_error.std()), 4)}  # fmt: skip
-
-
-def weights_only_int8(model: nn.Module) -> nn.Module:
-    """Per-output-channel symmetric int8, round to nearest: the archive's weight grid. Folding batch norm
-    into a convolution scales each output channel, which scales that channel's grid with it, so rounding
-    the unfolded weights lands on the same integers."""
-    model = copy.deepcopy(model)
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d | nn.Linear):
-            w = module.weight.data
-            scale = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True).clamp_min(1e-12) / 127
-            module.weight.data = (w / scale).round().clamp(-127, 127) * scale
-    return model
 
 
 def stage_nodes(proto) -> dict[str, list[str]]:
@@ -104,20 +93,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--data-dir", type=Path, help="the data folder, when the checkpoint is not in its run folder")
     parser.add_argument("--calibration-images", type=int, default=1024)
+    parser.add_argument("--weight-rounding", choices=["gptq", "nearest"], default="gptq")
     args = parser.parse_args(argv)
     data = {"data_dir": args.data_dir, "download": False} if args.data_dir else {}
-    settings = load_settings(None, {"data": data, "export": {"calibration_images": args.calibration_images}})
+    export = {"calibration_images": args.calibration_images, "weight_rounding": args.weight_rounding}
+    settings = load_settings(None, {"data": data, "export": export})
     model, meta = load_model(args.checkpoint)
     model.eval()
-    calibration, (images, labels) = int8_data(settings, meta, args.checkpoint, None)
+    calibration, held_out = int8_data(settings, meta, args.checkpoint, None)
+    images, labels = torch.cat(list(held_out.batches())), held_out.labels
     ref = logits(model, images)
     top2 = ref.topk(2, 1).values
     margin = top2[:, 0] - top2[:, 1]
     result = {"checkpoint": str(args.checkpoint), "image_size": meta.image_size, "images": len(labels),
               "calibration_images": sum(len(b) for b in calibration),
-              "margins": {f"below_{t}": float((margin < t).float().mean()) for t in (0.05, 0.1)},
-              "weights_only": summary(logits(weights_only_int8(model), images), ref, labels)}  # fmt: skip
-    proto = onnx_proto(Deployed(model).eval(), images[:2], "{}")
+              "margins": {f"below_{t}": float((margin < t).float().mean()) for t in (0.05, 0.1)}}  # fmt: skip
+    rounded, rounding = round_weights(model, args.weight_rounding, calibration)
+    result["weight_rounding"] = asdict(rounding)
+    result["weights_only"] = summary(logits(rounded, images), ref, labels)
+    if args.weight_rounding != "nearest":
+        result["weights_only_nearest"] = summary(logits(round_weights(model, "nearest", [])[0], images), ref, labels)
+    proto = onnx_proto(Deployed(rounded).eval(), images[:2], "{}")
     stages = stage_nodes(proto)
     everything = [name for names in stages.values() for name in names]
     with tempfile.TemporaryDirectory(prefix="int8-sensitivity-") as tmp:

@@ -862,6 +862,14 @@ def export_cmd(
         Optional[int],
         _opt("--calibration-images", "int8: training images that set the activation ranges. (default: 1024)"),
     ] = None,
+    weight_rounding: Annotated[
+        Optional[str],
+        _opt(
+            "--weight-rounding",
+            "int8: gptq (each weight's rounding error compensated by the ones not yet rounded, measured on "
+            "the calibration images) or nearest. (default: gptq)",
+        ),
+    ] = None,
     max_accuracy_drop: Annotated[
         Optional[float],
         _opt(
@@ -915,6 +923,7 @@ def export_cmd(
         "export.min_agreement": min_agreement,
         "export.calibration_images": calibration_images,
         "export.max_accuracy_drop": max_accuracy_drop,
+        "export.weight_rounding": weight_rounding,
         "data.data_dir": data_dir,
         "device": device,
     }

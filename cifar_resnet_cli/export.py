@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from .devices import device_description, resolve_device
 from .errors import CheckpointError, CifarResnetError, OutputError, VerificationError
 from .fileio import check_output_dir, output_error, sha256_file, temporary_beside
 from .progress import Tasks, task
+from .rounding import Rounding, round_weights
 from .settings import Settings
 from .weights import WeightsMeta, load_model
 from .writers import aoti_available, onnx_proto, quantize_onnx, save_onnx, set_onnx_metadata, write_aoti
@@ -149,6 +151,8 @@ class HeldOut(BaseModel):
     accuracy_drop: float  # percentage points, fp32 - int8
     max_accuracy_drop: float
     top1_agreement: float
+    weight_rounding: str = "nearest"  # gptq or nearest (int8 files from before the option: nearest)
+    rows_to_nearest: int = 0  # gptq: output channels rounded to nearest instead (their largest weight moved)
 
 
 class ArchiveInfo(BaseModel):
@@ -235,6 +239,22 @@ def _write_error(exc: Exception, target: Path) -> OutputError:
     return OutputError(f"cannot write {target}: {reason}", "check free disk space and that the folder is writable")
 
 
+@dataclass(frozen=True)
+class HeldOutImages:
+    """The validation split as it is stored (uint8), preprocessed one batch at a time: 5,000 images at
+    224 px are 3 GB as float32 and 0.75 GB as they are."""
+
+    images: Tensor
+    labels: Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: int
+
+    def batches(self, size: int = 256) -> Iterator[Tensor]:
+        for i in range(0, len(self.images), size):
+            yield preprocess(self.images[i : i + size], self.mean, self.std, self.image_size)
+
+
 @dataclass
 class _Job:
     """What every archive of one export shares: the model, the inputs, the reference and the settings."""
@@ -251,8 +271,9 @@ class _Job:
     atol: float
     min_agreement: float
     max_drop: float  # int8: allowed top-1 loss on the held-out images, in points
+    weight_rounding: str  # int8: gptq or nearest
     calibration: list[Tensor] | None = None  # int8: preprocessed training batches
-    held_out: tuple[Tensor, Tensor] | None = None  # int8: preprocessed validation images and labels
+    held_out: HeldOutImages | None = None  # int8: the validation images and labels
     held_out_logits: Tensor | None = None  # int8: the fp32 model's logits on them, computed once
 
 
@@ -270,9 +291,10 @@ def _write(job: _Job, method: str, tmp: Path, target: Path) -> HeldOut | None:
             deployed = Deployed(model.to(job.device), DTYPES[job.dtype], job.channels_last).eval()
             write_aoti(deployed, job.example.to(job.device), tmp, metadata)
         elif job.dtype == "int8":
+            model, rounding = round_weights(model, job.weight_rounding, job.calibration or [])
             proto = onnx_proto(Deployed(model).eval(), job.example, metadata)
             quantize_onnx(proto, tmp, job.calibration or [])
-            held_out = _score_int8(job, tmp)
+            held_out = _score_int8(job, tmp, rounding)
             set_onnx_metadata(tmp, archive_metadata(job.meta, method=method, dtype=job.dtype, channels_last=False,
                                                     checkpoint_sha256=job.ckpt_sha, device=job.device,
                                                     held_out=held_out))  # fmt: skip
@@ -285,14 +307,14 @@ def _write(job: _Job, method: str, tmp: Path, target: Path) -> HeldOut | None:
 
 
 @torch.inference_mode()
-def _score_int8(job: _Job, path: Path) -> HeldOut:
+def _score_int8(job: _Job, path: Path, rounding: Rounding) -> HeldOut:
     """The int8 file's top-1 on the held-out images against the fp32 checkpoint's, from a fresh session."""
     runner, _, _ = load_archive(path, "cpu", kind="onnx")
-    images, labels = job.held_out or (torch.empty(0), torch.empty(0))
+    assert job.held_out is not None
     if job.held_out_logits is None:
-        job.held_out_logits = torch.cat([job.model(images[i : i + 256]).float() for i in range(0, len(images), 256)])
-    fp32 = job.held_out_logits
-    int8 = torch.cat([runner(images[i : i + 256]) for i in range(0, len(images), 256)])
+        job.held_out_logits = torch.cat([job.model(x).float() for x in job.held_out.batches()])
+    fp32, labels = job.held_out_logits, job.held_out.labels
+    int8 = torch.cat([runner(x) for x in job.held_out.batches()])
     n = max(len(labels), 1)
     fp32_correct, int8_correct = int((fp32.argmax(1) == labels).sum()), int((int8.argmax(1) == labels).sum())
     agree = float((fp32.argmax(1) == int8.argmax(1)).float().mean())
@@ -300,7 +322,8 @@ def _score_int8(job: _Job, path: Path) -> HeldOut:
     return HeldOut(split="val", images=len(labels), calibration_images=sum(len(b) for b in job.calibration or []),
                    fp32_top1=100 * fp32_correct / n, int8_top1=100 * int8_correct / n,
                    accuracy_drop=100 * (fp32_correct - int8_correct) / n,
-                   max_accuracy_drop=job.max_drop, top1_agreement=agree)  # fmt: skip
+                   max_accuracy_drop=job.max_drop, top1_agreement=agree, weight_rounding=rounding.method,
+                   rows_to_nearest=rounding.rows_to_nearest)  # fmt: skip
 
 
 def _verify(job: _Job, method: str, tmp: Path, held_out: HeldOut | None) -> tuple[Agreement, str]:
@@ -309,9 +332,9 @@ def _verify(job: _Job, method: str, tmp: Path, held_out: HeldOut | None) -> tupl
     loaded, _, _ = load_archive(tmp, device, optimize=False, kind=KINDS[method])
     runtime = getattr(loaded, "runtime", "torch")
     if held_out is not None:  # int8: judged on real images, where its ranges were calibrated
-        images, _ = job.held_out or (torch.empty(0), None)
+        assert job.held_out is not None
         with torch.inference_mode():
-            out = torch.cat([loaded(images[i : i + 256]) for i in range(0, len(images), 256)])
+            out = torch.cat([loaded(x) for x in job.held_out.batches()])
         return compare_outputs(out, job.held_out_logits, job.atol), runtime
     agreement = compare(loaded, job.reference.to(device), job.x.to(device), job.atol)
     if method == "frozen":  # also as our loaders run it: optimised for this machine after loading
@@ -369,9 +392,9 @@ def _export_one(job: _Job, method: str, target: Path, bar: Tasks) -> ArchiveInfo
 
 
 def int8_data(settings: Settings, meta: WeightsMeta, path: Path,
-               tasks: Tasks | None) -> tuple[list[Tensor], tuple[Tensor, Tensor]]:  # fmt: skip
-    """Calibration batches from the checkpoint's training split and its held-out validation images, both
-    preprocessed as the checkpoint's metadata says (mean/std, image size)."""
+              tasks: Tasks | None) -> tuple[list[Tensor], HeldOutImages]:  # fmt: skip
+    """Calibration batches from the checkpoint's training split (preprocessed as the checkpoint's metadata
+    says: mean/std, image size) and its held-out validation images (preprocessed when they are read)."""
     data = load_checked_data(settings, meta, path, tasks)
     if len(data.val) == 0:
         raise DataError("int8 export measures the accuracy drop on the checkpoint's validation split, which is empty",
@@ -380,8 +403,7 @@ def int8_data(settings: Settings, meta: WeightsMeta, path: Path,
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(settings.train.seed))[:n]
     images = preprocess(data.train.images[order], meta.mean, meta.std, meta.image_size)
     calibration = list(images.split(32))
-    val = preprocess(data.val.images, meta.mean, meta.std, meta.image_size)
-    return calibration, (val, data.val.labels)
+    return calibration, HeldOutImages(data.val.images, data.val.labels, meta.mean, meta.std, meta.image_size)
 
 
 def export_model(settings: Settings, path: Path, *, force: bool = False, tasks: Tasks | None = None,
@@ -444,4 +466,5 @@ def _job(settings: Settings, model: nn.Module, meta: WeightsMeta, ckpt_sha: str,
     atol, min_agreement = tolerances(e.dtype, e.atol, e.min_agreement)
     return _Job(model=model, meta=meta, ckpt_sha=ckpt_sha, device=device, dtype=e.dtype,
                 channels_last=e.channels_last, example=example, x=x, reference=reference, atol=atol,
-                min_agreement=min_agreement, max_drop=e.max_accuracy_drop)  # fmt: skip
+                min_agreement=min_agreement, max_drop=e.max_accuracy_drop,
+                weight_rounding=e.weight_rounding)  # fmt: skip

@@ -81,7 +81,9 @@ def test_the_int8_sensitivity_benchmark_measures_the_file_export_writes(trained:
     assert result["images"] == held_out.images == 300 and result["calibration_images"] == 128
     assert result["int8"]["agreement"] == pytest.approx(held_out.top1_agreement)
     assert result["int8"]["drop_points"] == pytest.approx(held_out.accuracy_drop)
-    parts = ["weights_only", "only_stem", "only_layer1", "only_layer2", "only_layer3", "only_layer4", "only_fc"]
+    assert result["weight_rounding"]["method"] == held_out.weight_rounding == "gptq"  # export's default
+    parts = ["weights_only", "weights_only_nearest", "only_stem", "only_layer1", "only_layer2", "only_layer3",
+             "only_layer4", "only_fc"]  # fmt: skip
     for name in ["int8", *parts]:
         entry = result[name]
         assert entry["flips"] == round((1 - entry["agreement"]) * 300) and entry["diff_error_std"] >= 0, name
@@ -123,6 +125,7 @@ def test_int8_is_scored_on_held_out_images_and_says_so(exported) -> None:
     h = archive.held_out
     assert archive.kind == "onnx" and archive.dtype == "int8" and exported["int8"].name == "best.int8.onnx"
     assert h.split == "val" and h.images == 300 and h.calibration_images == 128 and h.max_accuracy_drop == 3
+    assert h.weight_rounding == "gptq" and 0 <= h.rows_to_nearest < 100  # of 8,522 output channels
     assert h.accuracy_drop == pytest.approx(h.fp32_top1 - h.int8_top1) and h.accuracy_drop <= 3
     assert h.top1_agreement >= 0.95 and archive.bytes < exported["onnx"].stat().st_size / 3  # int8 weights
     proto = onnx.load(str(exported["int8"]))
