@@ -9,7 +9,7 @@ QDQ settings, the data settings from the checkpoint, its run folder and CIFAR_RE
 - ``margins``: the share of images whose two best fp32 logits are within 0.05 / 0.1 of each other
   (any perturbation of that size can flip them, so they bound the agreement any int8 model can reach);
 - ``weights_only``: weights rounded to int8 exactly as the archive stores them (symmetric, one scale per
-  output channel; by GPTQ or to nearest as ``--weight-rounding`` says, GPTQ by default as in ``export``),
+  output channel; to nearest or by GPTQ as ``--weight-rounding`` says, nearest by default as in ``export``),
   activations left in float; simulated in PyTorch. With GPTQ, ``weights_only_nearest`` beside it;
 - ``int8``: the whole model quantized (the file ``export`` would write);
 - ``only_<stage>``: only that stage quantized (stem, layer1..4, fc), the rest of the graph in float.
@@ -22,13 +22,14 @@ runner-up), the quantity whose sign decides a flip. Prints one JSON object with 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from cifar_resnet_cli.archives import optional
 from cifar_resnet_cli.devices import cpu_matrix_flags, cpu_name
@@ -55,6 +56,20 @@ def summary(out: Tensor, ref: Tensor, labels: Tensor) -> dict:
     return {"agreement": float((out.argmax(1) == ref.argmax(1)).float().mean()),
             "flips": int((out.argmax(1) != ref.argmax(1)).sum()), "drop_points": 100 * drop / n,
             "diff_error_std": round(float(diff_error.std()), 4)}  # fmt: skip
+
+
+def module_stage(name: str) -> str:
+    return next((s for s in STAGES if name == s or name.startswith(f"{s}.")), "stem")
+
+
+def partly_rounded(model: nn.Module, rounded: nn.Module, stage: str) -> nn.Module:
+    """``model`` with the weights of ``stage``'s convolution/linear layers taken from ``rounded``."""
+    model = copy.deepcopy(model)
+    source = dict(rounded.named_modules())
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d | nn.Linear) and module_stage(name) == stage:
+            module.weight.data = source[name].weight.data.clone()
+    return model
 
 
 def stage_nodes(proto) -> dict[str, list[str]]:
@@ -93,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--data-dir", type=Path, help="the data folder, when the checkpoint is not in its run folder")
     parser.add_argument("--calibration-images", type=int, default=1024)
-    parser.add_argument("--weight-rounding", choices=["gptq", "nearest"], default="gptq")
+    parser.add_argument("--weight-rounding", choices=["nearest", "gptq"], default="nearest")
     args = parser.parse_args(argv)
     data = {"data_dir": args.data_dir, "download": False} if args.data_dir else {}
     export = {"calibration_images": args.calibration_images, "weight_rounding": args.weight_rounding}
@@ -113,13 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     result["weights_only"] = summary(logits(rounded, images), ref, labels)
     if args.weight_rounding != "nearest":
         result["weights_only_nearest"] = summary(logits(round_weights(model, "nearest", [])[0], images), ref, labels)
-    proto = onnx_proto(Deployed(rounded).eval(), images[:2], "{}")
-    stages = stage_nodes(proto)
-    everything = [name for names in stages.values() for name in names]
     with tempfile.TemporaryDirectory(prefix="int8-sensitivity-") as tmp:
+        proto = onnx_proto(Deployed(rounded).eval(), images[:2], "{}")
         result["int8"] = summary(quantized_logits(proto, calibration, images, [], Path(tmp)), ref, labels)
-        for stage, names in stages.items():
-            exclude = [n for n in everything if n not in set(names)]
+        for stage in ("stem", *STAGES):
+            # Only this stage's weights rounded (the rest stay float weights in float layers).
+            proto = onnx_proto(Deployed(partly_rounded(model, rounded, stage)).eval(), images[:2], "{}")
+            stages = stage_nodes(proto)
+            exclude = [name for other, names in stages.items() if other != stage for name in names]
             out = quantized_logits(proto, calibration, images, exclude, Path(tmp))
             result[f"only_{stage}"] = summary(out, ref, labels)
     print(json.dumps({**result, "cpu": cpu_name(), "cpu_flags": cpu_matrix_flags(),

@@ -10,7 +10,9 @@ Transformers") rounds one input column at a time and spreads each column's round
 columns not yet rounded, weighted by the inverse of the layer's input second-moment matrix
 ``H = E[x x^T]`` measured on calibration images, so that the layer's output on such inputs moves as
 little as possible. On our cifar10-mini models it removes almost all of the error of the weights
-alone (README, "Where int8's error comes from"). A row whose largest weight the compensation pulled
+alone, but the whole int8 model's agreement with fp32 moved only within its measurement noise, the
+activations' rounding being the larger error there (README, "Where int8's error comes from"); so
+``export`` rounds to nearest unless asked. A row whose largest weight the compensation pulled
 below 127 steps would get another scale from the quantizer, so such a row is rounded to nearest
 instead (counted in :class:`Rounding`).
 """

@@ -194,8 +194,8 @@ class ExportSettings(_Section):
     max_accuracy_drop: float = Field(
         1.0, ge=0, le=100, description="int8: top-1 points it may lose on the held-out images"
     )
-    weight_rounding: Literal["gptq", "nearest"] = Field(
-        "gptq", description="int8: weights rounded by GPTQ (error-compensating) or to nearest"
+    weight_rounding: Literal["nearest", "gptq"] = Field(
+        "nearest", description="int8: weights rounded to nearest, or by GPTQ (error-compensating)"
     )
     out_dir: Path = Field(Path("exports"), description="where archives are written")
 
