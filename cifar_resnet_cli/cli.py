@@ -927,8 +927,19 @@ def export_cmd(
         "data.data_dir": data_dir,
         "device": device,
     }
+    int8_only = [flag for flag, value in (("--calibration-images", calibration_images),
+                                          ("--max-accuracy-drop", max_accuracy_drop),
+                                          ("--weight-rounding", weight_rounding)) if value is not None]  # fmt: skip
+
+    def core(settings):
+        if int8_only and settings.export.dtype != "int8":
+            verb = "applies" if len(int8_only) == 1 else "apply"
+            raise typer.BadParameter(f"{', '.join(int8_only)} only {verb} to int8 archives; this export is "
+                                     f"{settings.export.dtype} (add --dtype int8)", ctx=ctx)  # fmt: skip
+        return export_model(settings, checkpoint, force=force, tasks=bars)
+
     with report.TaskBars(keep=True) as bars:
-        result = _run(ctx, flags, lambda s: export_model(s, checkpoint, force=force, tasks=bars))
+        result = _run(ctx, flags, core)
     report.print_warnings(result.warnings)
     if json:
         report.print_json(result)

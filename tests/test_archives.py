@@ -269,6 +269,8 @@ def test_a_missing_extra_is_one_line(cli, trained: Path, exported, tmp_path: Pat
         (["--method", "tflite"], "'tflite' is not one of"),
         (["--method", "onnx", "--dtype", "int8", "--calibration-images", "0"], "calibration"),
         (["--method", "onnx", "--dtype", "int8", "--max-accuracy-drop", "-1"], "max-accuracy-drop"),
+        (["--method", "onnx", "--dtype", "int8", "--weight-rounding", "adaround"], "'nearest' or 'gptq'"),
+        (["--method", "onnx", "--weight-rounding", "gptq"], "--weight-rounding only applies to int8 archives"),
     ],
 )
 def test_bad_export_input_is_one_line_and_exit_2(cli, trained: Path, tmp_path: Path, args, message) -> None:
