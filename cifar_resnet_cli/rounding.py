@@ -116,7 +116,9 @@ def round_weights(model: nn.Module, method: str, calibration: list[Tensor]) -> t
         for layer in layers:
             layer.weight.data = round_to_nearest(layer.weight.data)
         return model, Rounding("nearest", len(layers), sum(len(la.weight) for la in layers), 0)
-    images = torch.cat(calibration)[:H_IMAGES] if calibration else torch.empty(0)
+    if not calibration:  # export always has some; a caller without them gets a clear message
+        raise ValueError("GPTQ rounding needs calibration images to measure each layer's inputs")
+    images = torch.cat(calibration)[:H_IMAGES]
     moments = input_moments(model, layers, list(images.split(32)))
     fallback = 0
     for layer, h in zip(layers, moments, strict=True):
