@@ -324,13 +324,25 @@ def dataset_for(settings: Settings, meta: WeightsMeta | None) -> str:
 
 
 def run_data_settings(checkpoint: Path | None) -> dict:
-    """The ``data`` section of the run folder a checkpoint sits in (``settings.json`` beside it), or {}."""
-    saved = checkpoint.parent / "settings.json" if checkpoint is not None else None
-    if saved is None or not saved.is_file():
+    """Where a model's data lives: the ``data`` section of the run folder a checkpoint sits in
+    (``settings.json`` beside it), else, for an archive ``export`` wrote, the ``data`` it recorded
+    (the same two fields); {} when neither says."""
+    if checkpoint is None:
+        return {}
+    saved = checkpoint.parent / "settings.json"
+    if saved.is_file():
+        try:
+            data = json.loads(saved.read_text(encoding="utf-8")).get("data")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            data = None
+        return data if isinstance(data, dict) else {}
+    from .archives import is_archive, read_metadata  # archives load torch runtimes; only for archives
+
+    if not is_archive(checkpoint):
         return {}
     try:
-        data = json.loads(saved.read_text(encoding="utf-8")).get("data")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        data = read_metadata(checkpoint).get("data")
+    except CifarResnetError:  # an unreadable archive is reported by the loader that runs it
         return {}
     return data if isinstance(data, dict) else {}
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from . import __version__
 from .archives import METADATA_FILE, SUFFIXES, load_archive, optional
 from .augment import preprocess
-from .datasets import DataError, load_checked_data
+from .datasets import DataError, load_checked_data, run_data_settings
 from .devices import device_description, resolve_device
 from .errors import CheckpointError, CifarResnetError, OutputError, VerificationError
 from .fileio import check_output_dir, output_error, sha256_file, temporary_beside
@@ -183,7 +183,10 @@ class ExportResult(BaseModel):
 
 
 def archive_metadata(meta: WeightsMeta, *, method: str, dtype: str, channels_last: bool, checkpoint_sha256: str,
-                     device: torch.device, held_out: HeldOut | None = None) -> str:  # fmt: skip
+                     device: torch.device, held_out: HeldOut | None = None,
+                     data_settings: dict | None = None) -> str:  # fmt: skip
+    """``data_settings``: where the checkpoint's data lives (``data_dir``, ``download``), so that ``eval``
+    finds it for an archive kept outside the run folder."""
     data = meta.model_dump(mode="json")
     data.update({
         "export_method": method, "export_dtype": dtype, "export_channels_last": channels_last,
@@ -194,6 +197,8 @@ def archive_metadata(meta: WeightsMeta, *, method: str, dtype: str, channels_las
     })  # fmt: skip
     if held_out is not None:
         data["int8_held_out"] = held_out.model_dump()
+    if data_settings:
+        data["data"] = data_settings
     return json.dumps(data, indent=2)
 
 
@@ -272,6 +277,7 @@ class _Job:
     min_agreement: float
     max_drop: float  # int8: allowed top-1 loss on the held-out images, in points
     weight_rounding: str  # int8: gptq or nearest
+    data_settings: dict  # the data folder and download choice, recorded in the archive for eval
     calibration: list[Tensor] | None = None  # int8: preprocessed training batches
     held_out: HeldOutImages | None = None  # int8: the validation images and labels
     held_out_logits: Tensor | None = None  # int8: the fp32 model's logits on them, computed once
@@ -280,8 +286,7 @@ class _Job:
 def _write(job: _Job, method: str, tmp: Path, target: Path) -> HeldOut | None:
     """Write ``method``'s archive of the job's model to ``tmp``; for int8, score it on the held-out images."""
     model = copy.deepcopy(job.model)
-    metadata = archive_metadata(job.meta, method=method, dtype=job.dtype, channels_last=job.channels_last,
-                                checkpoint_sha256=job.ckpt_sha, device=job.device)  # fmt: skip
+    metadata = _metadata(job, method)
     try:
         if method in TORCHSCRIPT_METHODS:
             variant = build_variant(model, method, job.example, dtype=job.dtype, channels_last=job.channels_last,
@@ -295,15 +300,19 @@ def _write(job: _Job, method: str, tmp: Path, target: Path) -> HeldOut | None:
             proto = onnx_proto(Deployed(model).eval(), job.example, metadata)
             quantize_onnx(proto, tmp, job.calibration or [])
             held_out = _score_int8(job, tmp, rounding)
-            set_onnx_metadata(tmp, archive_metadata(job.meta, method=method, dtype=job.dtype, channels_last=False,
-                                                    checkpoint_sha256=job.ckpt_sha, device=job.device,
-                                                    held_out=held_out))  # fmt: skip
+            set_onnx_metadata(tmp, _metadata(job, method, held_out))
             return held_out
         else:
             save_onnx(onnx_proto(Deployed(model).eval(), job.example, metadata), tmp)
     except OSError as exc:
         raise _write_error(exc, target) from None
     return None
+
+
+def _metadata(job: _Job, method: str, held_out: HeldOut | None = None) -> str:
+    return archive_metadata(job.meta, method=method, dtype=job.dtype, channels_last=job.channels_last,
+                            checkpoint_sha256=job.ckpt_sha, device=job.device, held_out=held_out,
+                            data_settings=job.data_settings)  # fmt: skip
 
 
 @torch.inference_mode()
@@ -430,7 +439,7 @@ def export_model(settings: Settings, path: Path, *, force: bool = False, tasks: 
     existing = [str(p) for p in targets.values() if p.exists()]
     if existing and not force:
         raise CheckpointError(f"{', '.join(existing)} already exists", "pass --force to overwrite")
-    job = _job(settings, model, meta, ckpt_sha, device)
+    job = _job(settings, model, meta, ckpt_sha, device, path)
     if e.dtype == "int8":
         job.calibration, job.held_out = int8_data(settings, meta, path, tasks)
         if tamper_calibration is not None:
@@ -455,7 +464,21 @@ def _prepare_out_dir(out_dir: Path) -> Path:
     return out_dir
 
 
-def _job(settings: Settings, model: nn.Module, meta: WeightsMeta, ckpt_sha: str, device: torch.device) -> _Job:
+def data_settings(settings: Settings, checkpoint: Path) -> dict:
+    """The data folder and download choice of the checkpoint's run (``settings.json`` beside it), or the
+    ones this export was given: recorded in each archive so that ``eval`` of an archive kept elsewhere
+    reads the same data."""
+    chosen, d = settings.data.model_fields_set, settings.data
+    found = {k: v for k, v in run_data_settings(checkpoint).items() if k in ("data_dir", "download") and v is not None}
+    if "data_dir" in chosen and d.data_dir is not None:
+        found["data_dir"] = str(d.data_dir)
+    if "download" in chosen:
+        found["download"] = d.download
+    return found
+
+
+def _job(settings: Settings, model: nn.Module, meta: WeightsMeta, ckpt_sha: str, device: torch.device,
+         path: Path) -> _Job:  # fmt: skip
     e = settings.export
     size = meta.image_size
     gen = torch.Generator().manual_seed(settings.train.seed)
@@ -467,4 +490,4 @@ def _job(settings: Settings, model: nn.Module, meta: WeightsMeta, ckpt_sha: str,
     return _Job(model=model, meta=meta, ckpt_sha=ckpt_sha, device=device, dtype=e.dtype,
                 channels_last=e.channels_last, example=example, x=x, reference=reference, atol=atol,
                 min_agreement=min_agreement, max_drop=e.max_accuracy_drop,
-                weight_rounding=e.weight_rounding)  # fmt: skip
+                weight_rounding=e.weight_rounding, data_settings=data_settings(settings, path))  # fmt: skip

@@ -169,6 +169,20 @@ def test_eval_and_predict_of_every_kind_equal_the_checkpoint(cli, trained: Path,
         assert [p["top"][0]["index"] for p in cli.json("predict", exported[kind], images)["predictions"]] == base
 
 
+def test_an_archive_outside_its_run_folder_finds_the_data_it_was_trained_on(cli, trained: Path, exported) -> None:
+    """export records the run's data folder in the archive, so eval needs no --data-dir (the exports folder
+    holds no settings.json) and reads the same images as the checkpoint."""
+    data_dir = str(trained.parent.parent.parent / "data")
+    assert not (exported["onnx"].parent / "settings.json").exists()
+    meta = json.loads({p.key: p.value for p in onnx.load(str(exported["onnx"])).metadata_props}["cifar_resnet"])
+    assert meta["data"]["data_dir"] == data_dir
+    with_flag = cli.json("eval", exported["onnx"], "--data-dir", data_dir)
+    without = cli.json("eval", exported["onnx"])
+    assert without["images"] == with_flag["images"] and without["top1"] == with_flag["top1"]
+    # Synthetic data would be made again in the default folder had eval looked there.
+    assert not (Path(os.environ["XDG_CACHE_HOME"]) / "cifar-resnet" / "data").exists()
+
+
 def test_bench_times_every_archive_kind_with_each_runtime(cli, exported) -> None:
     common = ["--batch-sizes", "1,3", "--warmup", "0", "--iters", "3", "--peak-matmul", "256"]
     for kind, labels in (("aoti", ["archive (aoti)"]), ("onnx", ["archive (onnx, onnxruntime)"]),
