@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .archives import is_archive, read_metadata
 from .data import CIFAR10_CLASSES, CIFAR100_CLASSES, class_names
 from .errors import CheckpointError, CifarResnetError, DownloadError
 from .fileio import atomic_write_bytes
@@ -325,8 +326,8 @@ def dataset_for(settings: Settings, meta: WeightsMeta | None) -> str:
 
 def run_data_settings(checkpoint: Path | None) -> dict:
     """Where a model's data lives: the ``data`` section of the run folder a checkpoint sits in
-    (``settings.json`` beside it), else, for an archive ``export`` wrote, the ``data`` it recorded
-    (the same two fields); {} when neither says."""
+    (``settings.json`` beside it), else, for an archive ``export`` wrote, the data folder and download
+    choice recorded in its metadata; {} when neither says."""
     if checkpoint is None:
         return {}
     saved = checkpoint.parent / "settings.json"
@@ -336,8 +337,6 @@ def run_data_settings(checkpoint: Path | None) -> dict:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
             data = None
         return data if isinstance(data, dict) else {}
-    from .archives import is_archive, read_metadata  # archives load torch runtimes; only for archives
-
     if not is_archive(checkpoint):
         return {}
     try:
