@@ -878,6 +878,15 @@ def export_cmd(
             "written. (default: 1.0)",
         ),
     ] = None,
+    onnx_runtime: Annotated[
+        Optional[OnnxRuntimeName],
+        typer.Option(
+            "--onnx-runtime",
+            help="What loads .onnx archives back to verify them and scores int8 on the held-out images: "
+            "onnxruntime, or openvino (pip extra: openvino; the runtime you will deploy with: their int8 "
+            "kernels differ). (default: onnxruntime)",
+        ),
+    ] = None,
     data_dir: DataDirOpt = None,
     force: Annotated[bool, _opt("--force", "Overwrite existing archives.")] = False,
     device: DeviceOpt = None,
@@ -901,6 +910,8 @@ def export_cmd(
       cifar-resnet export runs/train/best.safetensors --method frozen --dtype bf16 --channels-last
 
       cifar-resnet export best.safetensors --method onnx --dtype int8 --data-dir data
+
+      cifar-resnet export best.safetensors --method onnx --dtype int8 --onnx-runtime openvino
 
       cifar-resnet export best.safetensors --method all --out exports --json | jq '.archives[].path'
     """
@@ -927,6 +938,7 @@ def export_cmd(
         "export.weight_rounding": weight_rounding,
         "data.data_dir": data_dir,
         "device": device,
+        "onnx_runtime": onnx_runtime,
     }
     int8_only = [flag for flag, value in (("--calibration-images", calibration_images),
                                           ("--max-accuracy-drop", max_accuracy_drop),

@@ -59,7 +59,10 @@ def score_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -
     logits = logits.float()
     k = min(5, num_classes)
     topk = logits.topk(k, dim=1).indices
-    pred = topk[:, 0]
+    # Top-1 by argmax, which documents its ties (the first index) and is what export and train score
+    # with; topk orders equal values as its kernel happens to. int8 logits tie exactly on about 1% of
+    # images (256 levels), so eval of an int8 archive and its export's held-out score disagreed.
+    pred = logits.argmax(1)
     confusion = torch.bincount(labels * num_classes + pred, minlength=num_classes**2).view(num_classes, num_classes)
     return Scores(
         loss_sum=float(F.cross_entropy(logits, labels, reduction="sum")),

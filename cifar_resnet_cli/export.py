@@ -153,6 +153,7 @@ class HeldOut(BaseModel):
     top1_agreement: float
     weight_rounding: str = "nearest"  # gptq or nearest (int8 files from before the option: nearest)
     rows_to_nearest: int = 0  # gptq: output channels rounded to nearest instead (their largest weight moved)
+    runtime: str = "onnxruntime"  # what computed int8_top1 and the agreement (files from before: onnxruntime)
 
 
 class ArchiveInfo(BaseModel):
@@ -278,6 +279,7 @@ class _Job:
     max_drop: float  # int8: allowed top-1 loss on the held-out images, in points
     weight_rounding: str  # int8: gptq or nearest
     data_settings: dict  # the data folder and download choice, recorded in the archive for eval
+    onnx_runtime: str  # what loads ONNX files back and scores int8: onnxruntime or openvino
     calibration: list[Tensor] | None = None  # int8: preprocessed training batches
     held_out: HeldOutImages | None = None  # int8: the validation images and labels
     held_out_logits: Tensor | None = None  # int8: the fp32 model's logits on them, computed once
@@ -318,7 +320,7 @@ def _metadata(job: _Job, method: str, held_out: HeldOut | None = None) -> str:
 @torch.inference_mode()
 def _score_int8(job: _Job, path: Path, rounding: Rounding) -> HeldOut:
     """The int8 file's top-1 on the held-out images against the fp32 checkpoint's, from a fresh session."""
-    runner, _, _ = load_archive(path, "cpu", kind="onnx")
+    runner, _, _ = load_archive(path, "cpu", kind="onnx", runtime=job.onnx_runtime)
     assert job.held_out is not None
     if job.held_out_logits is None:
         job.held_out_logits = torch.cat([job.model(x).float() for x in job.held_out.batches()])
@@ -332,13 +334,13 @@ def _score_int8(job: _Job, path: Path, rounding: Rounding) -> HeldOut:
                    fp32_top1=100 * fp32_correct / n, int8_top1=100 * int8_correct / n,
                    accuracy_drop=100 * (fp32_correct - int8_correct) / n,
                    max_accuracy_drop=job.max_drop, top1_agreement=agree, weight_rounding=rounding.method,
-                   rows_to_nearest=rounding.rows_to_nearest)  # fmt: skip
+                   rows_to_nearest=rounding.rows_to_nearest, runtime=job.onnx_runtime)  # fmt: skip
 
 
 def _verify(job: _Job, method: str, tmp: Path, held_out: HeldOut | None) -> tuple[Agreement, str]:
     """Load the written file back with its runtime's own loader and compare it with the eager model."""
     device = torch.device("cpu") if KINDS[method] == "onnx" else job.device
-    loaded, _, _ = load_archive(tmp, device, optimize=False, kind=KINDS[method])
+    loaded, _, _ = load_archive(tmp, device, optimize=False, kind=KINDS[method], runtime=job.onnx_runtime)
     runtime = getattr(loaded, "runtime", "torch")
     if held_out is not None:  # int8: judged on real images, where its ranges were calibrated
         assert job.held_out is not None
@@ -490,4 +492,5 @@ def _job(settings: Settings, model: nn.Module, meta: WeightsMeta, ckpt_sha: str,
     return _Job(model=model, meta=meta, ckpt_sha=ckpt_sha, device=device, dtype=e.dtype,
                 channels_last=e.channels_last, example=example, x=x, reference=reference, atol=atol,
                 min_agreement=min_agreement, max_drop=e.max_accuracy_drop,
-                weight_rounding=e.weight_rounding, data_settings=data_settings(settings, path))  # fmt: skip
+                weight_rounding=e.weight_rounding, data_settings=data_settings(settings, path),
+                onnx_runtime=settings.onnx_runtime)  # fmt: skip

@@ -389,7 +389,7 @@ def render_export(result) -> None:
         out.print(
             f"{a.method} int8: calibrated on {h.calibration_images} training images, weights rounded "
             f"{'by GPTQ' if h.weight_rounding == 'gptq' else 'to nearest'}; on {h.images} held-out "
-            f"({h.split}) images top-1 {h.fp32_top1:.2f}% fp32 -> {h.int8_top1:.2f}% int8, drop "
+            f"({h.split}) images top-1 {h.fp32_top1:.2f}% fp32 -> {h.int8_top1:.2f}% int8 in {h.runtime}, drop "
             f"{h.accuracy_drop:.2f} points (allowed {h.max_accuracy_drop:g}), top-1 agreement {h.top1_agreement:.1%}."
         )
 

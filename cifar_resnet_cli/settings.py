@@ -237,7 +237,7 @@ class Settings(BaseSettings):
 
     device: Device = Field("auto", description="auto picks cuda, then mps, then cpu")
     onnx_runtime: Literal["onnxruntime", "openvino"] = Field(
-        "onnxruntime", description="what runs .onnx archives in eval and predict"
+        "onnxruntime", description="what runs .onnx archives in eval and predict, and verifies them in export"
     )
     data: DataSettings = Field(default_factory=DataSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)

@@ -183,6 +183,23 @@ def test_an_archive_outside_its_run_folder_finds_the_data_it_was_trained_on(cli,
     assert not (Path(os.environ["XDG_CACHE_HOME"]) / "cifar-resnet" / "data").exists()
 
 
+def test_int8_is_scored_in_the_runtime_it_will_be_deployed_with(cli, trained: Path, tmp_path: Path) -> None:
+    """--onnx-runtime openvino: the held-out score export stores is OpenVINO's, the one eval measures."""
+    if not _has("openvino"):
+        pytest.skip("the [openvino] extra is part of make test")
+    env = {"CIFAR_RESNET_DATA__DATA_DIR": str(trained.parent.parent.parent / "data")}
+    result = ExportResult.model_validate(cli.json(
+        "export", trained, "--method", "onnx", "--dtype", "int8", "--calibration-images", "128",
+        "--max-accuracy-drop", "3", "--onnx-runtime", "openvino", "--out", tmp_path, env=env))  # fmt: skip
+    archive = result.archives[0]
+    held_out = archive.held_out
+    assert archive.runtime == held_out.runtime == "openvino"
+    # The same images in the same batches of 256 as export scored them, in the same runtime.
+    score = cli.json("eval", archive.path, "--split", "val", "--batch-size", "256", "--onnx-runtime", "openvino")
+    assert score["images"] == held_out.images
+    assert round(score["top1"] * score["images"]) == round(held_out.int8_top1 * held_out.images / 100)
+
+
 def test_bench_times_every_archive_kind_with_each_runtime(cli, exported) -> None:
     common = ["--batch-sizes", "1,3", "--warmup", "0", "--iters", "3", "--peak-matmul", "256"]
     for kind, labels in (("aoti", ["archive (aoti)"]), ("onnx", ["archive (onnx, onnxruntime)"]),

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from cifar_resnet_cli import train as train_module
 from cifar_resnet_cli.augment import preprocess
 from cifar_resnet_cli.datasets import load_cifar
-from cifar_resnet_cli.evaluate import EvalResult
+from cifar_resnet_cli.evaluate import EvalResult, score_logits
 from cifar_resnet_cli.model import resnet34
 from cifar_resnet_cli.settings import load_settings
 from cifar_resnet_cli.train import NullProgress, TrainingInterrupted, TrainResult, lr_factor, param_groups, train
@@ -101,6 +101,16 @@ def test_tensorboard_holds_each_epoch_once_after_a_resume(cli) -> None:
         cli("train", *TINY, "--epochs", "1", "--limit-batches", "1", "--no-tensorboard", "--name", "off").exit_code == 0
     )
     assert not Path("runs/off/tensorboard").exists()
+
+
+def test_eval_breaks_exact_ties_like_argmax() -> None:
+    """int8 logits tie exactly on about 1% of images: top-1 is the first of the tied classes (argmax's
+    documented rule, which export's held-out score uses), whatever order topk returns them in."""
+    logits = torch.zeros(64, 10)
+    logits[:, 7] = logits[:, 3] = 1.0  # classes 3 and 7 tie on every image
+    scores = score_logits(logits, torch.full((64,), 3), 10)
+    assert scores.top1 == 64 and scores.confusion[3, 3] == 64
+    assert score_logits(logits, torch.full((64,), 7), 10).top1 == 0
 
 
 def test_eval_equals_an_independent_computation(cli, tmp_path: Path) -> None:
