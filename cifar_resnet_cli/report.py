@@ -356,7 +356,8 @@ def render_eval(result) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-_LOADERS = {"torchscript": "torch.jit.load", "aoti": "torch._inductor.aoti_load_package", "onnx": "ONNX Runtime"}
+_LOADERS = {"torchscript": "torch.jit.load", "aoti": "torch._inductor.aoti_load_package",
+            "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}  # fmt: skip
 _METADATA_PLACES = {"torchscript": "extra file cifar_resnet.json", "aoti": "extra/cifar_resnet.json in the package",
                     "onnx": 'metadata_props "cifar_resnet"'}  # fmt: skip
 
@@ -378,8 +379,10 @@ def render_export(result) -> None:
         )  # fmt: skip
     out.print(table)
     for kind in dict.fromkeys(a.kind for a in result.archives):
-        device = next(a.verified_on for a in result.archives if a.kind == kind)
-        out.print(f"{kind}: verified after a plain {_LOADERS[kind]} on {device}; metadata: {_METADATA_PLACES[kind]}.")
+        first = next(a for a in result.archives if a.kind == kind)
+        loader = _LOADERS[first.runtime if kind == "onnx" else kind]
+        where = _METADATA_PLACES[kind]
+        out.print(f"{kind}: verified after a plain {loader} on {first.verified_on}; metadata: {where}.")
     for a in result.archives:
         if a.held_out is None:
             out.print(f"{a.method} {a.dtype}: a batch of {result.verify_batch} (made from {result.example_batch}), "
