@@ -43,10 +43,11 @@ cifar-resnet eval "$run/best.safetensors" --data-dir "$OUT/data" --confusion "$r
 echo "== 8. Export every kind (TorchScript, AOTInductor .pt2, ONNX) and int8 ONNX, each verified; eval archives ==" >&2
 mkdir -p "$OUT/exports"
 cifar-resnet export "$run/best.safetensors" --method all --out "$OUT/exports" --force
-cifar-resnet export "$run/best.safetensors" --method onnx --dtype int8 --out "$OUT/exports" --force
-cifar-resnet eval "$OUT/exports/best.trace.pt" --data-dir "$OUT/data" --json \
+cifar-resnet export "$run/best.safetensors" --method onnx --dtype int8 --onnx-runtime openvino --out "$OUT/exports" --force
+# Archives record the run's data folder: no --data-dir needed outside the run folder.
+cifar-resnet eval "$OUT/exports/best.trace.pt" --json \
     | python3 -c 'import json,sys; r=json.load(sys.stdin); print("traced archive: test top-1 %.4f" % r["top1"])'
-cifar-resnet eval "$OUT/exports/best.int8.onnx" --data-dir "$OUT/data" --onnx-runtime openvino --json \
+cifar-resnet eval "$OUT/exports/best.int8.onnx" --onnx-runtime openvino --json \
     | python3 -c 'import json,sys; r=json.load(sys.stdin); print("int8 ONNX in OpenVINO: test top-1 %.4f" % r["top1"])'
 
 echo "== 9. Benchmark eager, TorchScript and the ONNX runtimes side by side (short run) ==" >&2
