@@ -437,6 +437,8 @@ def export_model(settings: Settings, path: Path, *, force: bool = False, tasks: 
     model.eval()
     ckpt_sha = sha256_file(path)
     methods, warnings = (e.methods, []) if e.methods != ["all"] else methods_for_all(e.dtype, e.channels_last)
+    if settings.onnx_runtime == "openvino" and any(KINDS[m] == "onnx" for m in methods):
+        optional("openvino", "--onnx-runtime openvino")  # before minutes of export and calibration
     targets = {m: out_dir / f"{path.stem}.{suffix(m, e.dtype, e.channels_last)}" for m in methods}
     existing = [str(p) for p in targets.values() if p.exists()]
     if existing and not force:

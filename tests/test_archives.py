@@ -292,6 +292,15 @@ def test_a_missing_extra_is_one_line(cli, trained: Path, exported, tmp_path: Pat
     assert "cifar-resnet[openvino]" in rows[1]["error"]
 
 
+def test_export_in_openvino_without_it_is_one_line(cli, trained: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    r = cli("export", trained, "--method", "onnx", "--dtype", "int8", "--onnx-runtime", "openvino", "--out", tmp_path)
+    assert r.exit_code == 1 and "--onnx-runtime openvino needs openvino" in r.err and "Traceback" not in r.stderr
+    assert "pip install 'cifar-resnet[openvino]'" in r.err and list(tmp_path.iterdir()) == []
+    # Refused before any work: the (synthetic) data calibration needs was never made.
+    assert not (Path(os.environ["XDG_CACHE_HOME"]) / "cifar-resnet" / "data").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
