@@ -115,8 +115,9 @@ def load_torchscript(path: Path, device: torch.device | str = "cpu", *, optimize
 # ---- AOTInductor ---------------------------------------------------------------------------------------
 
 
-def pt2_metadata(path: Path) -> dict:
-    """The metadata of a ``.pt2`` package, read as plain zip (no compiled code is loaded)."""
+def zip_metadata(path: Path, kind: str) -> dict:
+    """Our metadata from a zip archive's ``extra/`` folder (a ``.pt2`` package, or a TorchScript file,
+    which ``torch.jit.save`` also writes as a zip), read without loading any code or weights."""
     try:
         with zipfile.ZipFile(path) as z:
             names = [n for n in z.namelist() if n.endswith(f"/extra/{METADATA_FILE}")]
@@ -124,7 +125,12 @@ def pt2_metadata(path: Path) -> dict:
                 raise _no_metadata(path, f"extra/{METADATA_FILE}")
             return json.loads(z.read(names[0]))
     except (zipfile.BadZipFile, OSError, json.JSONDecodeError) as exc:
-        raise _unreadable(path, "AOTInductor", exc) from None
+        raise _unreadable(path, kind, exc) from None
+
+
+def pt2_metadata(path: Path) -> dict:
+    """The metadata of a ``.pt2`` package, read as plain zip (no compiled code is loaded)."""
+    return zip_metadata(path, "AOTInductor")
 
 
 class AotiRunner:
@@ -223,7 +229,7 @@ def read_metadata(path: Path) -> dict:
         return onnx_metadata(path)
     if kind == "aoti":
         return pt2_metadata(path)
-    return load_torchscript(path, optimize=False)[2]
+    return zip_metadata(path, "TorchScript")
 
 
 def load_archive(path: Path, device: torch.device | str = "cpu", *, optimize: bool = True, runtime: str = "onnxruntime",
