@@ -53,16 +53,24 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=amp != "off")
 
 
+def ranked(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` best scores of each row and their classes, best first; equal scores in class order.
+
+    One rule for every command: the first of tied classes ranks first, as ``argmax`` documents and as
+    export and train score top-1. ``topk`` orders equal values as its kernel happens to, and int8 logits
+    tie exactly on about 1% of images (256 levels), so with it eval of an int8 archive disagreed with
+    the held-out score its export stored, and predict could name another class than eval counted.
+    """
+    values, indices = scores.sort(dim=1, descending=True, stable=True)
+    return values[:, :k], indices[:, :k]
+
+
 @torch.inference_mode()
 def score_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Scores:
     """Scores of one batch of logits (float) against integer labels."""
     logits = logits.float()
-    k = min(5, num_classes)
-    topk = logits.topk(k, dim=1).indices
-    # Top-1 by argmax, which documents its ties (the first index) and is what export and train score
-    # with; topk orders equal values as its kernel happens to. int8 logits tie exactly on about 1% of
-    # images (256 levels), so eval of an int8 archive and its export's held-out score disagreed.
-    pred = logits.argmax(1)
+    _, topk = ranked(logits, min(5, num_classes))
+    pred = topk[:, 0]
     confusion = torch.bincount(labels * num_classes + pred, minlength=num_classes**2).view(num_classes, num_classes)
     return Scores(
         loss_sum=float(F.cross_entropy(logits, labels, reduction="sum")),

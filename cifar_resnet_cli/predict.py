@@ -19,6 +19,7 @@ from .archives import load_for_inference
 from .augment import fit_image, preprocess
 from .devices import device_description, resolve_device
 from .errors import CheckpointError, CifarResnetError
+from .evaluate import ranked
 from .fileio import atomic_write_bytes, check_writable
 from .images import ImageReadError, image_extensions, read_image
 from .progress import Tasks, task
@@ -116,7 +117,7 @@ def predict_images(
         for batch in _batches(ready, batch_size):
             x = preprocess(torch.stack([t for _, t in batch]).to(device), meta.mean, meta.std, meta.image_size)
             probs = model(x).float().softmax(1)
-            values, indices = probs.topk(k, dim=1)
+            values, indices = ranked(probs, k)
             for (i, _), v, idx in zip(batch, values.tolist(), indices.tolist(), strict=True):
                 predictions[i].top = [
                     Guess(label=meta.class_names[j], index=j, probability=p) for p, j in zip(v, idx, strict=True)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from cifar_resnet_cli import train as train_module
 from cifar_resnet_cli.augment import preprocess
 from cifar_resnet_cli.datasets import load_cifar
-from cifar_resnet_cli.evaluate import EvalResult, score_logits
+from cifar_resnet_cli.evaluate import EvalResult, ranked, score_logits
 from cifar_resnet_cli.model import resnet34
 from cifar_resnet_cli.settings import load_settings
 from cifar_resnet_cli.train import NullProgress, TrainingInterrupted, TrainResult, lr_factor, param_groups, train
@@ -111,6 +111,15 @@ def test_eval_breaks_exact_ties_like_argmax() -> None:
     scores = score_logits(logits, torch.full((64,), 3), 10)
     assert scores.top1 == 64 and scores.confusion[3, 3] == 64
     assert score_logits(logits, torch.full((64,), 7), 10).top1 == 0
+
+
+def test_ranking_puts_tied_classes_in_class_order() -> None:
+    """predict's list and eval's top-5 use the same rule as top-1: among equal scores, the lower class
+    first (``topk`` gives no such order), so predict names the class eval counts."""
+    scores = torch.tensor([[0.1, 0.5, 0.2, 0.5, 0.0, 0.5, 0.2], [0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]]).repeat(32, 1)
+    values, classes = ranked(scores, 5)
+    assert classes[0].tolist() == [1, 3, 5, 2, 6] and classes[1].tolist() == [0, 1, 2, 3, 4]
+    assert torch.equal(classes[:, 0], scores.argmax(1)) and torch.equal(values, scores.gather(1, classes))
 
 
 def test_eval_equals_an_independent_computation(cli, tmp_path: Path) -> None:
