@@ -28,6 +28,7 @@ from .datasets import DataError, load_checked_data, run_data_settings
 from .devices import device_description, resolve_device
 from .errors import CheckpointError, CifarResnetError, OutputError, VerificationError
 from .fileio import check_output_dir, output_error, sha256_file, temporary_beside
+from .intervals import paired_difference_interval, proportion_interval
 from .progress import Tasks, task
 from .rounding import Rounding, round_weights
 from .settings import Settings
@@ -154,6 +155,12 @@ class HeldOut(BaseModel):
     weight_rounding: str = "nearest"  # gptq or nearest (int8 files from before the option: nearest)
     rows_to_nearest: int = 0  # gptq: output channels rounded to nearest instead (their largest weight moved)
     runtime: str = "onnxruntime"  # what computed int8_top1 and the agreement (files from before: onnxruntime)
+    # The counts behind the figures and their 95% intervals (intervals.py); None in files from before them.
+    flipped: int | None = None  # images whose int8 top-1 differs from fp32's
+    fp32_only_correct: int | None = None  # images only fp32 gets right; the drop is (this - the next) / images
+    int8_only_correct: int | None = None
+    top1_agreement_ci95: tuple[float, float] | None = None  # Wilson interval, fractions like top1_agreement
+    accuracy_drop_ci95: tuple[float, float] | None = None  # points, paired (given the images they differ on)
 
 
 class ArchiveInfo(BaseModel):
@@ -327,14 +334,20 @@ def _score_int8(job: _Job, path: Path, rounding: Rounding) -> HeldOut:
     fp32, labels = job.held_out_logits, job.held_out.labels
     int8 = torch.cat([runner(x) for x in job.held_out.batches()])
     n = max(len(labels), 1)
-    fp32_correct, int8_correct = int((fp32.argmax(1) == labels).sum()), int((int8.argmax(1) == labels).sum())
-    agree = float((fp32.argmax(1) == int8.argmax(1)).float().mean())
+    fp32_right, int8_right = fp32.argmax(1) == labels, int8.argmax(1) == labels
+    fp32_correct, int8_correct = int(fp32_right.sum()), int(int8_right.sum())
+    flipped = int((fp32.argmax(1) != int8.argmax(1)).sum())
+    fp32_only, int8_only = int((fp32_right & ~int8_right).sum()), int((int8_right & ~fp32_right).sum())
+    drop_low, drop_high = paired_difference_interval(fp32_only, int8_only, n)
     # Points from image counts, so that 10 images of 1,000 are exactly 1.0 (not 1.0000000000000036).
     return HeldOut(split="val", images=len(labels), calibration_images=sum(len(b) for b in job.calibration or []),
                    fp32_top1=100 * fp32_correct / n, int8_top1=100 * int8_correct / n,
                    accuracy_drop=100 * (fp32_correct - int8_correct) / n,
-                   max_accuracy_drop=job.max_drop, top1_agreement=agree, weight_rounding=rounding.method,
-                   rows_to_nearest=rounding.rows_to_nearest, runtime=job.onnx_runtime)  # fmt: skip
+                   max_accuracy_drop=job.max_drop, top1_agreement=(n - flipped) / n, weight_rounding=rounding.method,
+                   rows_to_nearest=rounding.rows_to_nearest, runtime=job.onnx_runtime, flipped=flipped,
+                   fp32_only_correct=fp32_only, int8_only_correct=int8_only,
+                   top1_agreement_ci95=proportion_interval(n - flipped, n),
+                   accuracy_drop_ci95=(100 * drop_low, 100 * drop_high))  # fmt: skip
 
 
 def _verify(job: _Job, method: str, tmp: Path, held_out: HeldOut | None) -> tuple[Agreement, str]:

@@ -395,6 +395,13 @@ def render_export(result) -> None:
             f"({h.split}) images top-1 {h.fp32_top1:.2f}% fp32 -> {h.int8_top1:.2f}% int8 in {h.runtime}, drop "
             f"{h.accuracy_drop:.2f} points (allowed {h.max_accuracy_drop:g}), top-1 agreement {h.top1_agreement:.1%}."
         )
+        if h.top1_agreement_ci95 is not None and h.accuracy_drop_ci95 is not None:
+            (a_low, a_high), (d_low, d_high) = h.top1_agreement_ci95, h.accuracy_drop_ci95
+            out.print(
+                f"  {h.flipped} of {h.images} images changed their answer ({h.fp32_only_correct} now wrong, "
+                f"{h.int8_only_correct} now right); 95% intervals for images like these: agreement "
+                f"{a_low:.1%} to {a_high:.1%}, drop {d_low:.2f} to {d_high:.2f} points."
+            )
 
 
 def _ms(seconds: float | None) -> str:

@@ -17,6 +17,7 @@ import torch
 from conftest import Cli
 
 from cifar_resnet_cli import export as export_module
+from cifar_resnet_cli import report
 from cifar_resnet_cli.augment import preprocess
 from cifar_resnet_cli.bench import BenchResult
 from cifar_resnet_cli.datasets import load_cifar
@@ -134,6 +135,16 @@ def test_int8_is_scored_on_held_out_images_and_says_so(exported) -> None:
     data = json.loads({p.key: p.value for p in proto.metadata_props}["cifar_resnet"])
     assert data["int8_held_out"]["accuracy_drop"] == h.accuracy_drop and data["export_dtype"] == "int8"
     assert any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+    # The counts behind the figures, and intervals around them that the figures lie in.
+    assert h.flipped == round((1 - h.top1_agreement) * h.images)
+    assert h.fp32_only_correct - h.int8_only_correct == round(h.accuracy_drop * h.images / 100)
+    assert h.fp32_only_correct + h.int8_only_correct <= h.flipped  # a right answer that moved is a flip
+    (a_low, a_high), (d_low, d_high) = h.top1_agreement_ci95, h.accuracy_drop_ci95
+    assert a_low < h.top1_agreement <= a_high and d_low <= h.accuracy_drop <= d_high
+    assert data["int8_held_out"]["top1_agreement_ci95"] == list(h.top1_agreement_ci95)
+    with report.out.capture() as shown:
+        report.render_export(result)
+    assert f"{h.flipped} of 300 images changed their answer" in " ".join(shown.get().split())  # however it wraps
 
 
 def test_eval_and_predict_of_every_kind_equal_the_checkpoint(cli, trained: Path, exported, tmp_path: Path) -> None:
