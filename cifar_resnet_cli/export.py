@@ -160,7 +160,7 @@ class HeldOut(BaseModel):
     fp32_only_correct: int | None = None  # images only fp32 gets right; the drop is (this - the next) / images
     int8_only_correct: int | None = None
     top1_agreement_ci95: tuple[float, float] | None = None  # Wilson interval, fractions like top1_agreement
-    accuracy_drop_ci95: tuple[float, float] | None = None  # points, paired (given the images they differ on)
+    accuracy_drop_ci95: tuple[float, float] | None = None  # points, paired (Tango score interval)
 
 
 class ArchiveInfo(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from cifar_resnet_cli.intervals import Z95, paired_difference_interval, proportion_interval
@@ -31,18 +32,41 @@ def test_wilson_interval_at_the_edges() -> None:
         proportion_interval(11, 10)
 
 
-def test_paired_difference_comes_from_the_images_only_one_model_gets_right() -> None:
-    # 12 images only fp32 gets right, 10 only int8, of 1,000: drop 0.2 points, and the 22 discordant
-    # images decide how sure that is; the same counts among 10,000 images give a ten times narrower interval.
-    low, high = paired_difference_interval(12, 10, 1000)
-    wide_low, wide_high = paired_difference_interval(12, 10, 10_000)
-    assert low < 0.002 < high and high - low == pytest.approx(10 * (wide_high - wide_low))
-    # At each bound, the share of the discordant images that favour the first model is a Wilson bound.
-    for bound, share in zip((low, high), proportion_interval(12, 22), strict=True):
-        assert (bound * 1000 / 22 + 1) / 2 == pytest.approx(share)
-    even_low, even_high = paired_difference_interval(7, 7, 500)
-    assert even_low == pytest.approx(-even_high) and even_high > 0
-    assert paired_difference_interval(0, 0, 1000) == (0.0, 0.0)
-    assert paired_difference_interval(5, 0, 1000)[0] > 0  # five losses and no gains: a drop, surely
+def test_paired_interval_matches_the_published_example() -> None:
+    """Fagerland, Lydersen and Laake (2014), airway reactivity data: 1 pair improved only under the
+    first condition, 7 only under the second, of 21; Tango's interval -0.517 to -0.026."""
+    assert paired_difference_interval(1, 7, 21) == pytest.approx((-0.517, -0.026), abs=5e-4)
+
+
+def _quartic_roots(n: int, b: int, c: int) -> list[float]:
+    """The limits of Tango's interval in closed form: real roots of the quartic of Yang, Sun and Hardin
+    (2012, Statistics in Medicine 31:4047), an independent route to the same numbers."""
+    g = Z95**2
+    m0 = n**2 * (n / g + 1) ** 2
+    m1 = -n * (b - c) * (n / g + 1) * (4 * n / g + 1)
+    m2 = 2 * n * (b - c) ** 2 * (3 * n / g + 2) / g - n**2 * ((b + c) / g + 1)
+    m3 = n * (b - c) * (2 * (b + c) / g + 1) - (b - c) ** 3 * (4 * n / g + 1) / g
+    m4 = (b - c) ** 2 * ((b - c) ** 2 / g - (b + c)) / g
+    return [r.real for r in np.roots([m0, m1, m2, m3, m4]) if abs(r.imag) < 1e-9]
+
+
+@pytest.mark.parametrize(("b", "c", "n"), [(13, 8, 1000), (12, 10, 1000), (3, 0, 300), (40, 5, 500), (1, 7, 21)])
+def test_paired_interval_bounds_are_roots_of_the_closed_form(b: int, c: int, n: int) -> None:
+    low, high = paired_difference_interval(b, c, n)
+    assert low < (b - c) / n < high
+    roots = _quartic_roots(n, b, c)
+    for bound in (low, high):
+        assert min(abs(bound - r) for r in roots) < 1e-9
+
+
+def test_paired_interval_without_discordant_images_is_not_a_point() -> None:
+    # No image changed its answer among 500: the drop is 0 but could be up to z^2 / (n + z^2) either way,
+    # the same 0.76 points as the Wilson upper bound of 0 in 500 (not the single point 0).
+    low, high = paired_difference_interval(0, 0, 500)
+    assert high == pytest.approx(Z95**2 / (500 + Z95**2)) == pytest.approx(proportion_interval(0, 500)[1])
+    assert low == pytest.approx(-high)
+    # Five losses and no gains in 1,000: a drop, surely; the same counts in 10,000: a narrower interval.
+    assert paired_difference_interval(5, 0, 1000)[0] > 0
+    assert paired_difference_interval(5, 0, 10_000)[1] < paired_difference_interval(5, 0, 1000)[1]
     with pytest.raises(ValueError):
         paired_difference_interval(600, 500, 1000)
