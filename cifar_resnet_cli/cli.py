@@ -743,7 +743,7 @@ def eval_cmd(
     debug: DebugOpt = False,
     json: JsonOpt = False,
 ) -> None:
-    """Measure a checkpoint: top-1, top-5, loss, per-class accuracy, confusion matrix.
+    """Measure a checkpoint: top-1 (with its 95% interval), top-5, loss, per-class accuracy, confusion matrix.
 
     Normalisation and input size come from the checkpoint's metadata; its classes must fit the
     dataset. --split val uses the validation split the checkpoint was selected on.

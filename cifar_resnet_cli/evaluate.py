@@ -19,6 +19,7 @@ from .augment import preprocess
 from .datasets import ImageSet, load_checked_data, split_of
 from .devices import device_description, resolve_device
 from .fileio import atomic_write_bytes, check_writable
+from .intervals import proportion_interval
 from .plots import PlotUnavailable, plot_confusion
 from .progress import Tasks, task
 from .settings import Settings
@@ -144,6 +145,7 @@ class EvalResult(BaseModel):
     split: str
     images: int
     top1: float
+    top1_ci95: tuple[float, float] | None = None  # Wilson 95% interval (intervals.py); None: older results
     top5: float
     loss: float
     tta: bool
@@ -216,6 +218,7 @@ def evaluate_checkpoint(
         split=settings.eval.split,
         images=scores.count,
         top1=scores.top1_acc,
+        top1_ci95=proportion_interval(scores.top1, scores.count),
         top5=scores.top5_acc,
         loss=scores.loss,
         tta=settings.eval.tta,

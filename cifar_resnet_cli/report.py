@@ -339,7 +339,10 @@ def render_eval(result) -> None:
     summary = Table(show_header=False)
     summary.add_column("what")
     summary.add_column("value", overflow="fold")  # paths fold at 80 columns instead of ending in an ellipsis
-    summary.add_row("top-1", _pct(result.top1))
+    top1 = _pct(result.top1)
+    if result.top1_ci95 is not None:  # how far the figure could move on other images like these
+        top1 += f" (95% interval {_pct(result.top1_ci95[0])} to {_pct(result.top1_ci95[1])})"
+    summary.add_row("top-1", top1)
     summary.add_row("top-5", _pct(result.top5))
     summary.add_row("loss", f"{result.loss:.4f}")
     summary.add_row("flip TTA", "on" if result.tta else "off")

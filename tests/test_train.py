@@ -15,6 +15,7 @@ from cifar_resnet_cli import train as train_module
 from cifar_resnet_cli.augment import preprocess
 from cifar_resnet_cli.datasets import load_cifar
 from cifar_resnet_cli.evaluate import EvalResult, ranked, score_logits
+from cifar_resnet_cli.intervals import proportion_interval
 from cifar_resnet_cli.model import resnet34
 from cifar_resnet_cli.settings import load_settings
 from cifar_resnet_cli.train import NullProgress, TrainingInterrupted, TrainResult, lr_factor, param_groups, train
@@ -138,6 +139,7 @@ def test_eval_equals_an_independent_computation(cli, tmp_path: Path) -> None:
     correct = int((logits.argmax(1) == data.test.labels).sum())
     assert result.images == len(data.test) == 120
     assert result.top1 == correct / len(data.test)
+    assert result.top1_ci95 == proportion_interval(correct, 120)  # 120 images: several points either way
     assert sum(c.correct for c in result.per_class) == correct
     assert sum(map(sum, result.confusion)) == 120
     rows = (tmp_path / "c.csv").read_text().splitlines()
