@@ -1,18 +1,18 @@
-"""95% intervals for what ``export`` measures on a finite set of held-out images.
+"""95% intervals for what ``export`` and ``eval`` measure on a finite set of images.
 
 An int8 archive's top-1 agreement with fp32 and its accuracy drop are counts over about a thousand
 validation images, so they carry sampling error of the same size as the goals they are held to
-(10 of 1,000 images is 1.0 point): the intervals say how far the figure could move on other images
-from the same distribution.
+(10 of 1,000 images is 1.0 point); so does a checkpoint's top-1 on a test split. The intervals say
+how far a figure could move on other images from the same distribution.
 
 - :func:`proportion_interval` is the Wilson score interval (Wilson, 1927), which stays inside [0, 1]
   and keeps its coverage near 0 and 1, where an agreement of 99% lives (the normal approximation
   ``p +- z sqrt(p(1-p)/n)`` does not).
 - :func:`paired_difference_interval`: the two models are scored on the *same* images, so their
   difference is judged by the images exactly one of them gets right (as in McNemar's test), with
-  Tango's (1998) asymptotic score interval, one of those Fagerland, Lydersen and Laake (2014) recommend for
-  paired proportions. It stays sensible where simpler ones collapse: with no image changing its
-  answer among 500, the drop's interval is +-0.76 points, not the single point 0.
+  Tango's (1998) asymptotic score interval, one of those that Fagerland, Lydersen and Laake (2014)
+  recommend for paired proportions. It stays sensible where simpler ones collapse: with no image
+  changing its answer among 500, the drop's interval is +-0.76 points, not the single point 0.
 """
 
 from __future__ import annotations
