@@ -17,15 +17,34 @@ def resolve_device(name: str) -> torch.device:
     mps_ok = bool(mps is not None and mps.is_available())
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return _cuda()
         return torch.device("mps" if mps_ok else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("--device cuda was asked for, but CUDA is not available here", "use --device cpu or auto")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError("--device cuda was asked for, but CUDA is not available here", "use --device cpu or auto")
+        return _cuda()
     if name == "mps" and not mps_ok:
         raise DeviceError("--device mps was asked for, but MPS is not available here", "use --device cpu or auto")
     if name not in ("cpu", "cuda", "mps"):
         raise DeviceError(f"unknown device {name!r}", "choose auto, cpu, cuda or mps")
     return torch.device(name)
+
+
+def _cuda() -> torch.device:
+    ieee_fp32_convolutions()
+    return torch.device("cuda")
+
+
+def ieee_fp32_convolutions() -> None:
+    """fp32 on CUDA means fp32: cuDNN convolutions off TF32, which torch allows by default.
+
+    TF32 keeps 10 mantissa bits, so on an H200 eager "fp32" logits of ResNet34 were 4e-3 off the CPU's
+    and two fp32 runs of one model 3e-3 apart: bench's fp32 rows and export's fp32 checks (1e-4 of the
+    logits) would measure TF32. Speed on tensor cores is what ``--amp bf16`` (auto on such GPUs) is for.
+    The legacy flag, not ``cudnn.conv.fp32_precision``: after the new one, torch itself refuses to read
+    ``cudnn.allow_tf32`` (which Inductor does). Matrix products already default to IEEE fp32.
+    """
+    torch.backends.cudnn.allow_tf32 = False
 
 
 def device_description(device: torch.device) -> str:

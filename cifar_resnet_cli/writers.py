@@ -39,8 +39,17 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _batch_dim() -> dict[str, dict[int, torch.export.Dim]]:
-    return {"x": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}}
+def _batch_dim() -> dict[str, dict[int, object]]:
+    """The batch dimension dynamic, up to MAX_BATCH or what the traced kernels allow below it.
+
+    ``Dim.DYNAMIC`` lets export narrow the range instead of failing: on CUDA, convolution's backend
+    choice guards on the tensor sizes (32-bit indexing), so at 224 px a named ``Dim(max=65536)`` was
+    refused with "Constraints violated (batch)" (torch 2.11, H200). Still an error if the batch would
+    be fixed to one size. Older torch, without Dim hints, gets the named Dim.
+    """
+    hint = getattr(torch.export.Dim, "DYNAMIC", None)
+    dim = hint(min=1, max=MAX_BATCH) if callable(hint) else torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    return {"x": {0: dim}}
 
 
 def onnx_proto(deployed: nn.Module, example: Tensor, metadata: str):

@@ -5,14 +5,16 @@
 #   scripts/gpu_check.sh             # on a machine with CUDA
 #   scripts/gpu_check.sh --dry-run   # the same checks on the CPU, small; the CUDA-only ones skipped
 #
-# Checks: bench (fp32/bf16/fp16; eager, trace, script, frozen, compile, aoti; no variant may be WRONG),
-# train a few hundred steps with --amp fp16 and --amp bf16 and channels-last, Ctrl-C and resume,
+# Checks: bench (fp32/bf16/fp16; eager, trace, script, frozen; then compile and aoti, last and each in its
+# own process, since they take minutes and a crash in one must not hide the others; no variant may be
+# WRONG), train a few hundred steps with --amp fp16 and --amp bf16 and channels-last, Ctrl-C and resume,
 # torchrun --nproc-per-node 1 (nccl), export --method all on the device (TorchScript, an AOTInductor
 # package compiled for CUDA, ONNX verified in ONNX Runtime on the CPU) and predict with the CUDA
 # package, eval of the checkpoint on the device, and the test suite's gpu-marked tests. A dry run
 # exports trace and onnx only (an AOTInductor compile costs 20 s of CPU; tests/test_archives.py covers
-# it). Logs: $GPU_CHECK_LOGS (kept) or a temporary folder (removed). PYTHON overrides the interpreter
-# (default .venv/bin/python).
+# it). Logs: $GPU_CHECK_LOGS (kept; each bench's JSON too) or a temporary folder (removed); a check
+# that crashes leaves Python's stack in its log (faulthandler). PYTHON overrides the interpreter (default
+# .venv/bin/python).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,14 +30,15 @@ WORK=$(mktemp -d)
 LOGS=${GPU_CHECK_LOGS:-$WORK/logs}
 mkdir -p "$LOGS"
 trap 'rm -rf "$WORK"' EXIT
+export PYTHONFAULTHANDLER=1
 export CIFAR_RESNET_TRAIN__RUNS_DIR="$WORK/runs"
 
 if [[ $DRY == 1 ]]; then
-  DEV=cpu; SIZE=32; STEPS_DATA=700; VAL=100; BATCH=50; DTYPES=fp32,bf16; VARIANTS=eager,trace,script,frozen
+  DEV=cpu; SIZE=32; STEPS_DATA=700; VAL=100; BATCH=50; DTYPES=fp32,bf16; SLOW_VARIANTS=()
   BENCH_BATCHES=1,4; ITERS=3; EPOCHS=1; SLOW=(); EXPORT=(--method trace --method onnx)
 else
   DEV=cuda; SIZE=224; STEPS_DATA=13800; VAL=1000; BATCH=64; DTYPES=fp32,bf16,fp16
-  VARIANTS=eager,trace,script,frozen,compile,aoti
+  SLOW_VARIANTS=(compile aoti)
   BENCH_BATCHES=1,64; ITERS=10; EPOCHS=2; SLOW=(--image-size 160)  # Ctrl-C needs epochs of seconds
   EXPORT=(--method all)
 fi
@@ -64,10 +67,11 @@ need_json() {  # need_json FILE PYTHON-EXPRESSION-ON-d: the JSON a command print
   "$PY" -c "import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if ($2) else 1)" "$1"
 }
 
-bench() {
-  "${CLI[@]}" bench --device "$DEV" --image-size "$SIZE" --dtypes "$DTYPES" --variants "$VARIANTS" \
-    --batch-sizes "$BENCH_BATCHES" --warmup 3 --iters "$ITERS" --json >"$WORK/bench.json" &&
-  need_json "$WORK/bench.json" "all(t['error'] is None and t['correct'] for t in d['timings'])"
+bench() {  # bench VARIANTS: every row timed and correct; the JSON kept beside the logs
+  local json="$LOGS/bench-${1//,/-}.json"
+  "${CLI[@]}" bench --device "$DEV" --image-size "$SIZE" --dtypes "$DTYPES" --variants "$1" \
+    --batch-sizes "$BENCH_BATCHES" --warmup 3 --iters "$ITERS" --json >"$json" &&
+  need_json "$json" "all(t['error'] is None and t['correct'] for t in d['timings'])"
 }
 train_amp() {  # train_amp AMP NAME
   "${CLI[@]}" train "${COMMON[@]}" "${SHORT[@]}" --epochs "$EPOCHS" --amp "$1" --channels-last --name "$2" --json >"$WORK/$2.json" &&
@@ -118,7 +122,7 @@ echo "gpu_check: device $DEV$([[ $DRY == 1 ]] && echo ' (dry run on the CPU)'), 
 if [[ $DRY == 0 ]]; then
   check "cuda available" "$PY" -c "import torch; assert torch.cuda.is_available(); print(torch.cuda.get_device_name())"
 fi
-check "bench $DTYPES ($VARIANTS)" bench
+check "bench $DTYPES (eager,trace,script,frozen)" bench eager,trace,script,frozen
 if [[ $DRY == 1 ]]; then skip "train --amp fp16" "fp16 trains on CUDA only"; else check "train --amp fp16 --channels-last" train_amp fp16 fp16; fi
 check "train --amp bf16 --channels-last" train_amp bf16 bf16
 check "Ctrl-C and resume" ctrl_c_resume
@@ -130,5 +134,8 @@ if [[ $DRY == 1 ]]; then
 else
   check "pytest -m gpu" "$PY" -m pytest -q -m gpu -p no:cacheprovider
 fi
+for v in "${SLOW_VARIANTS[@]}"; do
+  check "bench $DTYPES (eager,$v)" bench "eager,$v"
+done
 echo "gpu_check: $pass passed, $fail failed, $skipped skipped"
 [[ $fail == 0 ]]

@@ -4,6 +4,7 @@ import csv
 import itertools
 import json
 import signal
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -343,6 +344,33 @@ def test_no_weight_decay_on_batchnorm_and_bias() -> None:
     assert by_name["backbone"]["lr"] == pytest.approx(0.02)
     assert all(p.ndim <= 1 for p in by_name["backbone-no-decay"]["params"])
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_a_step_the_fp16_scaler_skips_changes_nothing(optimizer: str) -> None:
+    """fp16 training overflows in its first steps by design, and GradScaler skips those steps. torch's
+    fused SGD advanced its momentum on them anyway (nan by step 5 on an H200): make_optimizer must
+    give an optimiser whose skipped step leaves weights and state as they were, and whose next
+    finite step moves the weights by a finite amount. The CPU has GradScaler too, so this runs here."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(OrderedDict(body=torch.nn.Linear(4, 4), fc=torch.nn.Linear(4, 3)))
+    settings = _settings(train={"optimizer": optimizer, "amp": "fp16", "lr": 0.1, "momentum": 0.9})
+    opt = train_module.make_optimizer(model, settings)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    scaler.scale(model(torch.ones(2, 4)).square().sum()).backward()
+    for p in model.parameters():
+        p.grad[0] = float("inf")  # as if this backward pass had overflowed fp16
+    scaler.step(opt)
+    scaler.update()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(torch.is_tensor(x) and not torch.isfinite(x).all() for st in opt.state.values() for x in st.values())
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(model(torch.ones(2, 4)).square().sum()).backward()
+    scaler.step(opt)
+    scaler.update()
+    moved = max(float((before[k] - v).abs().max()) for k, v in model.state_dict().items())
+    assert 0 < moved < 10
 
 
 class _Losses(NullProgress):
