@@ -338,3 +338,25 @@ def test_int8_without_its_data_says_where_it_looked(cli, tmp_path: Path) -> None
             tmp_path / "none")  # fmt: skip
     assert r.exit_code == 1 and "cifar-10-batches-py" in r.err and "Traceback" not in r.stderr, r.err
     assert not (tmp_path / "x").exists() or list((tmp_path / "x").iterdir()) == []
+
+
+@pytest.mark.skipif(not callable(getattr(torch.export.Dim, "DYNAMIC", None)), reason="this torch has no Dim hints")
+def test_a_size_guard_in_the_graph_narrows_the_batch_range_instead_of_failing() -> None:
+    """On CUDA, convolution's backend choice guards on the tensor sizes (32-bit indexing), and a named
+    Dim(max=65536) was refused ("Constraints violated (batch)", H200). The same kind of guard here: the
+    export must succeed, run batch 1 and another batch, and refuse a batch past the guard, not
+    silently take the traced branch."""
+    from cifar_resnet_cli.writers import _batch_dim
+
+    class SizeGuarded(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.sum(dim=(1, 2, 3)) if x.numel() < 2**24 else x.mean(dim=(1, 2, 3))
+
+    x = torch.ones(2, 3, 64, 64)  # 12,288 values per image: the guard holds up to batch 1,365
+    with pytest.raises((AssertionError, RuntimeError)):  # the named Dim: refused (messages differ by version)
+        torch.export.export(SizeGuarded(), (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch", max=65_536)}})
+    program = torch.export.export(SizeGuarded(), (x,), dynamic_shapes=_batch_dim()).module()
+    assert program(torch.ones(1, 3, 64, 64)).tolist() == [12_288.0]
+    assert program(torch.ones(5, 3, 64, 64)).shape == (5,)
+    with pytest.raises((AssertionError, RuntimeError), match=r"[Gg]uard"):
+        program(torch.ones(2_000, 3, 64, 64))
