@@ -42,7 +42,8 @@ def ieee_fp32_convolutions() -> None:
     and two fp32 runs of one model 3e-3 apart: bench's fp32 rows and export's fp32 checks (1e-4 of the
     logits) would measure TF32. Speed on tensor cores is what ``--amp bf16`` (auto on such GPUs) is for.
     The legacy flag, not ``cudnn.conv.fp32_precision``: after the new one, torch itself refuses to read
-    ``cudnn.allow_tf32`` (which Inductor does). Matrix products already default to IEEE fp32.
+    ``cudnn.allow_tf32``, which Inductor's convolution templates read (so compiled fp32 convolutions
+    follow this flag too). Matrix products already default to IEEE fp32.
     """
     torch.backends.cudnn.allow_tf32 = False
 

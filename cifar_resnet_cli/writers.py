@@ -43,9 +43,10 @@ def _batch_dim() -> dict[str, dict[int, object]]:
     """The batch dimension dynamic, up to MAX_BATCH or what the traced kernels allow below it.
 
     ``Dim.DYNAMIC`` lets export narrow the range instead of failing: on CUDA, convolution's backend
-    choice guards on the tensor sizes (32-bit indexing), so at 224 px a named ``Dim(max=65536)`` was
-    refused with "Constraints violated (batch)" (torch 2.11, H200). Still an error if the batch would
-    be fixed to one size. Older torch, without Dim hints, gets the named Dim.
+    choice guards on the tensor sizes, and a named ``Dim(max=65536)`` was refused with "Constraints
+    violated (batch)" (torch 2.11, H200, at 32 and 224 px). A guard that does not hold for every batch
+    size becomes a check on the input (a batch past it is refused, tests/test_archives.py); still an
+    error if the batch would be fixed to one size. Older torch, without Dim hints, gets the named Dim.
     """
     hint = getattr(torch.export.Dim, "DYNAMIC", None)
     dim = hint(min=1, max=MAX_BATCH) if callable(hint) else torch.export.Dim("batch", min=1, max=MAX_BATCH)
