@@ -342,7 +342,7 @@ def test_int8_without_its_data_says_where_it_looked(cli, tmp_path: Path) -> None
 
 @pytest.mark.skipif(not callable(getattr(torch.export.Dim, "DYNAMIC", None)), reason="this torch has no Dim hints")
 def test_a_size_guard_in_the_graph_narrows_the_batch_range_instead_of_failing() -> None:
-    """On CUDA, convolution's backend choice guards on the tensor sizes (32-bit indexing), and a named
+    """On CUDA, convolution's backend choice guards on the tensor sizes, and a named
     Dim(max=65536) was refused ("Constraints violated (batch)", H200). The same kind of guard here: the
     export must succeed, run batch 1 and another batch, and refuse a batch past the guard, not
     silently take the traced branch."""

@@ -371,6 +371,15 @@ def test_a_step_the_fp16_scaler_skips_changes_nothing(optimizer: str) -> None:
     scaler.update()
     moved = max(float((before[k] - v).abs().max()) for k, v in model.state_dict().items())
     assert 0 < moved < 10
+    # Exactly the update of an optimiser that never saw the skipped step (no scaler, nothing skipped;
+    # the scale is a power of two, so scaling and unscaling the gradients is exact).
+    reference = torch.nn.Sequential(OrderedDict(body=torch.nn.Linear(4, 4), fc=torch.nn.Linear(4, 3)))
+    reference.load_state_dict(before)
+    off = train_module.make_optimizer(reference, _settings(train={**settings.train.model_dump(), "amp": "off"}))
+    reference(torch.ones(2, 4)).square().sum().backward()
+    off.step()
+    for k, v in reference.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v, rtol=1e-6, atol=1e-7)
 
 
 class _Losses(NullProgress):
