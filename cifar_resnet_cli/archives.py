@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import signal
+import subprocess
+import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -133,6 +136,42 @@ def pt2_metadata(path: Path) -> dict:
     return zip_metadata(path, "AOTInductor")
 
 
+class LoaderCrashed(CifarResnetError):
+    """A runtime's native loader that killed the (child) process it loaded a file in."""
+
+
+# Device types whose AOTInductor packages are loaded in a child process first. torch 2.11.0+cu130's loader
+# crashed (SIGSEGV) on every CUDA package on an NVIDIA H200, torch's own aoti_compile_and_package example
+# included; a crash cannot be caught, so it must happen in a process we can lose.
+PROBED_DEVICE_TYPES = {"cuda"}
+PROBE_TIMEOUT_S = 300
+_AOTI_PROBE = "import sys, torch; torch._inductor.aoti_load_package(open(sys.argv[1], 'rb'))"
+
+
+def probe_load(path: Path, kind: str) -> None:
+    """Load ``path`` in a child Python first (``_AOTI_PROBE``, given the path as ``sys.argv[1]``). A child
+    killed by a signal (or hung) raises :class:`LoaderCrashed`; a child that merely raised is left to the
+    caller's own load, which reports that error as usual."""
+    cmd = [sys.executable, "-c", _AOTI_PROBE, str(path)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise LoaderCrashed(
+            f"loading the {kind} package {path} did not finish in {PROBE_TIMEOUT_S} s (in a separate process)",
+            "on this device use export --method frozen or trace",
+        ) from None
+    if done.returncode < 0:
+        try:
+            name = signal.Signals(-done.returncode).name
+        except ValueError:
+            name = f"signal {-done.returncode}"
+        raise LoaderCrashed(
+            f"torch {torch.__version__}'s AOTInductor loader crashed ({name}) loading the {kind} package {path} "
+            "(tried in a separate process, so nothing else was lost): a fault in torch's native loader",
+            "on this device use export --method frozen or trace; a package exported on the CPU runs there",
+        )
+
+
 class AotiRunner:
     """An AOTInductor package: compiled for one device type, batch size dynamic."""
 
@@ -142,6 +181,8 @@ class AotiRunner:
         if built_for != device.type:
             raise CheckpointError(f"{path} was compiled for {built_for} and cannot run on {device.type}",
                                   f"run it with --device {built_for}, or export it again on {device.type}")  # fmt: skip
+        if device.type in PROBED_DEVICE_TYPES:
+            probe_load(path, device.type)
         try:
             with open(path, "rb") as f:  # a file object: export verifies temporary files not named .pt2
                 self.model = torch._inductor.aoti_load_package(f)

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from torch import Tensor, nn
 
 from . import __version__
-from .archives import METADATA_FILE, SUFFIXES, load_archive, optional
+from .archives import METADATA_FILE, SUFFIXES, LoaderCrashed, load_archive, optional
 from .augment import preprocess
 from .datasets import DataError, load_checked_data, run_data_settings
 from .devices import device_description, resolve_device
@@ -463,8 +463,13 @@ def export_model(settings: Settings, path: Path, *, force: bool = False, tasks: 
             job.calibration = [b * tamper_calibration for b in job.calibration]
     archives = []
     for method, target in targets.items():
-        with task(tasks, f"{method} {e.dtype} archive: write, load back, verify", 3) as bar:
-            archives.append(_export_one(job, method, target, bar))
+        try:
+            with task(tasks, f"{method} {e.dtype} archive: write, load back, verify", 3) as bar:
+                archives.append(_export_one(job, method, target, bar))
+        except LoaderCrashed as exc:  # --method all writes what can be made here; a named method must be made
+            if e.methods != ["all"]:
+                raise
+            warnings.append(f"no {method} archive: {exc.message}")
     return ExportResult(checkpoint=str(path), checkpoint_sha256=ckpt_sha, archives=archives,
                         example_batch=e.example_batch, verify_batch=e.verify_batch, image_size=meta.image_size,
                         warnings=warnings)  # fmt: skip

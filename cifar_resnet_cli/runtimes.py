@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .archives import AotiRunner, OpenVinoRunner, OrtRunner, optional
+from .archives import AotiRunner, LoaderCrashed, OpenVinoRunner, OrtRunner, optional
 from .export import DTYPES, Deployed
 from .writers import onnx_proto, quantize_onnx, save_onnx, write_aoti
 
@@ -56,6 +56,7 @@ class Workshop:
         self.folder = Path(self._dir.name)
         self.model, self.example, self.calibration = model, example, calibration
         self._onnx: dict[str, tuple[Path, float]] = {}
+        self._aoti_crash: LoaderCrashed | None = None  # the loader crashed once: the next packages are not built
 
     def close(self) -> None:
         self._dir.cleanup()
@@ -77,15 +78,24 @@ class Workshop:
         """The variant as a callable, and its build time in seconds."""
         check_installed(variant)
         if variant == "aoti":
-            start = time.perf_counter()
-            path = self.folder / f"model.{dtype}.{layout}.pt2"
-            deployed = Deployed(_cpu_copy(self.model).to(device), DTYPES[dtype], layout == "nhwc").eval()
-            write_aoti(deployed, self.example.to(device), path, json.dumps({"export_device": device.type}))
-            return AotiRunner(path, device), time.perf_counter() - start
+            return self._aoti(dtype, layout, device)
         path, seconds = self.onnx(dtype)
         if variant == "onnxruntime":
             return OrtRunner(path), seconds
         return OpenVinoRunner(path, None if dtype == "int8" else dtype), seconds
+
+    def _aoti(self, dtype: str, layout: str, device: torch.device) -> tuple[Callable, float]:
+        if self._aoti_crash is not None:  # a minute of compiling for the same crash: say so instead
+            raise LoaderCrashed(f"not built: {self._aoti_crash.message}", self._aoti_crash.hint)
+        start = time.perf_counter()
+        path = self.folder / f"model.{dtype}.{layout}.pt2"
+        deployed = Deployed(_cpu_copy(self.model).to(device), DTYPES[dtype], layout == "nhwc").eval()
+        write_aoti(deployed, self.example.to(device), path, json.dumps({"export_device": device.type}))
+        try:
+            return AotiRunner(path, device), time.perf_counter() - start
+        except LoaderCrashed as exc:
+            self._aoti_crash = exc
+            raise
 
 
 def _cpu_copy(model: nn.Module) -> nn.Module:

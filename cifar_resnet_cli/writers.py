@@ -144,10 +144,15 @@ def write_aoti(deployed: nn.Module, example: Tensor, path: Path, metadata: str) 
     try:
         with _quiet(), torch.no_grad():
             program = torch.export.export(deployed, (example,), dynamic_shapes=_batch_dim())
+    except Exception as exc:  # a graph torch.export cannot capture, or a batch range it cannot prove
+        raise ExportFailed(f"torch.export could not capture the model ({_first_line(exc)})",
+                           "export --method trace or --method onnx instead") from None  # fmt: skip
+    try:
+        with _quiet(), torch.no_grad():
             args, kwargs = program.example_inputs
             files = torch._inductor.aot_compile(program.module(), args, kwargs,
                                                 options={"aot_inductor.package": True, "freezing": True})  # fmt: skip
-    except Exception as exc:  # export and Inductor raise many kinds; a missing compiler is one of them
+    except Exception as exc:  # Inductor raises many kinds; a missing C++ compiler is the usual one
         raise ExportFailed(f"AOTInductor could not compile the model ({_first_line(exc)})",
                            "it needs a C++ compiler (g++) on this machine") from None  # fmt: skip
     with open(path, "wb") as f:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,8 +17,10 @@ import pytest
 import torch
 from conftest import Cli
 
+from cifar_resnet_cli import archives as archives_module
 from cifar_resnet_cli import export as export_module
 from cifar_resnet_cli import report
+from cifar_resnet_cli import runtimes as runtimes_module
 from cifar_resnet_cli.augment import preprocess
 from cifar_resnet_cli.bench import BenchResult
 from cifar_resnet_cli.datasets import load_cifar
@@ -360,3 +363,58 @@ def test_a_size_guard_in_the_graph_narrows_the_batch_range_instead_of_failing() 
     assert program(torch.ones(5, 3, 64, 64)).shape == (5,)
     with pytest.raises((AssertionError, RuntimeError), match=r"[Gg]uard"):
         program(torch.ones(2_000, 3, 64, 64))
+
+
+CRASH = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"  # what torch's CUDA loader did on an H200
+
+
+def _probe_on_cpu(monkeypatch, code: str | None = None) -> None:
+    """Probe CPU packages as CUDA ones are, with the real loader or with one that crashes like it."""
+    monkeypatch.setattr(archives_module, "PROBED_DEVICE_TYPES", {"cpu"})
+    if code is not None:
+        monkeypatch.setattr(archives_module, "_AOTI_PROBE", code)
+
+
+def test_a_loader_that_crashes_is_caught_in_a_child_process(cli, trained: Path, exported, monkeypatch) -> None:
+    """torch 2.11's AOTInductor loader killed the process with SIGSEGV on every CUDA package on an H200: a
+    package is first loaded in a child process, so the crash is one line, not a dead process."""
+    expected = cli.json("eval", trained)["top1"]
+    _probe_on_cpu(monkeypatch)  # the real loader in the child: a good package passes
+    assert cli.json("eval", exported["aoti"])["top1"] == expected
+    _probe_on_cpu(monkeypatch, CRASH)
+    for command in ("eval", "predict"):
+        r = cli(command, exported["aoti"], *([exported["aoti"].parent] if command == "predict" else []))
+        assert r.exit_code == 1 and "Traceback" not in r.stderr, r.stderr
+        assert "AOTInductor loader crashed (SIGSEGV)" in r.err and "separate process" in r.err, r.err
+    monkeypatch.setattr(archives_module, "PROBE_TIMEOUT_S", 1)
+    _probe_on_cpu(monkeypatch, "import time; time.sleep(30)")
+    r = cli("eval", exported["aoti"])
+    assert r.exit_code == 1 and "did not finish in 1 s" in r.err, r.err
+
+
+def test_export_all_leaves_out_a_package_whose_loader_crashes(cli, trained: Path, exported, tmp_path: Path,
+                                                               monkeypatch) -> None:  # fmt: skip
+    """--method all writes every kind that can be made here, and says which it left out and why; a named
+    --method aoti fails, and writes nothing."""
+    monkeypatch.setattr(
+        export_module, "write_aoti", lambda deployed, example, path, metadata: shutil.copyfile(exported["aoti"], path)
+    )  # fmt: skip  (the compile is not the point)
+    _probe_on_cpu(monkeypatch, CRASH)
+    result = ExportResult.model_validate(cli.json("export", trained, "--method", "all", "--out", tmp_path / "all"))
+    assert [a.method for a in result.archives] == ["trace", "script", "frozen", "onnx"]
+    assert any(w.startswith("no aoti archive: torch") and "crashed (SIGSEGV)" in w for w in result.warnings)
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == sorted(Path(a.path).name for a in result.archives)
+    r = cli("export", trained, "--method", "aoti", "--out", tmp_path / "one")
+    assert r.exit_code == 1 and "crashed (SIGSEGV)" in r.err and list((tmp_path / "one").iterdir()) == []
+
+
+def test_bench_compiles_no_more_packages_after_the_loader_crashed(cli, exported, monkeypatch) -> None:
+    built = []
+    monkeypatch.setattr(runtimes_module, "write_aoti", lambda deployed, example, path, metadata:
+                        built.append(shutil.copyfile(exported["aoti"], path)))  # fmt: skip
+    _probe_on_cpu(monkeypatch, CRASH)
+    rows = cli.json("bench", "--variants", "eager,aoti", "--dtypes", "fp32,bf16", "--batch-sizes", "1",
+                    "--iters", "3", "--warmup", "0", "--peak-matmul", "0")["timings"]  # fmt: skip
+    errors = [t["error"] for t in rows if t["variant"] == "aoti"]
+    assert len(built) == 1 and len(errors) == 2 and all("crashed (SIGSEGV)" in e for e in errors), errors
+    assert "not built" in errors[1] and all(t["error"] is None for t in rows if t["variant"] == "eager")
