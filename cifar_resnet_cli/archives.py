@@ -148,28 +148,26 @@ PROBE_TIMEOUT_S = 300
 _AOTI_PROBE = "import sys, torch; torch._inductor.aoti_load_package(open(sys.argv[1], 'rb'))"
 
 
-def probe_load(path: Path, kind: str) -> None:
+def probe_load(path: Path, device_type: str) -> None:
     """Load ``path`` in a child Python first (``_AOTI_PROBE``, given the path as ``sys.argv[1]``). A child
     killed by a signal (or hung) raises :class:`LoaderCrashed`; a child that merely raised is left to the
-    caller's own load, which reports that error as usual."""
+    caller's own load, which reports that error as usual. The messages leave the path out: it may be a
+    temporary file (export, bench), and eval/predict name the file they were given."""
     cmd = [sys.executable, "-c", _AOTI_PROBE, str(path)]
+    fix = "on this device use export --method frozen or trace; a package exported with --device cpu runs on the CPU"
     try:
         done = subprocess.run(cmd, capture_output=True, timeout=PROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        raise LoaderCrashed(
-            f"loading the {kind} package {path} did not finish in {PROBE_TIMEOUT_S} s (in a separate process)",
-            "on this device use export --method frozen or trace",
-        ) from None
+        raise LoaderCrashed(f"loading a {device_type} AOTInductor package did not finish in {PROBE_TIMEOUT_S} s "
+                            "(tried in a separate process)", fix) from None  # fmt: skip
     if done.returncode < 0:
         try:
             name = signal.Signals(-done.returncode).name
         except ValueError:
             name = f"signal {-done.returncode}"
-        raise LoaderCrashed(
-            f"torch {torch.__version__}'s AOTInductor loader crashed ({name}) loading the {kind} package {path} "
-            "(tried in a separate process, so nothing else was lost): a fault in torch's native loader",
-            "on this device use export --method frozen or trace; a package exported on the CPU runs there",
-        )
+        raise LoaderCrashed(f"torch {torch.__version__}'s AOTInductor loader crashed ({name}) loading a "
+                            f"{device_type} package (tried in a separate process, so nothing else was lost): a "
+                            "fault in torch's native loader", fix)  # fmt: skip
 
 
 class AotiRunner:
