@@ -878,6 +878,14 @@ def export_cmd(
             "written. (default: 1.0)",
         ),
     ] = None,
+    max_float_layers: Annotated[
+        Optional[int],
+        _opt(
+            "--max-float-layers",
+            "int8: past the drop budget, keep at most this many of the most sensitive layers in float (ranked on "
+            "part of the held-out images, the drop reported on the rest); 0 refuses instead. (default: 8)",
+        ),
+    ] = None,
     onnx_runtime: Annotated[
         Optional[OnnxRuntimeName],
         typer.Option(
@@ -937,13 +945,15 @@ def export_cmd(
         "export.calibration_images": calibration_images,
         "export.max_accuracy_drop": max_accuracy_drop,
         "export.weight_rounding": weight_rounding,
+        "export.max_float_layers": max_float_layers,
         "data.data_dir": data_dir,
         "device": device,
         "onnx_runtime": onnx_runtime,
     }
     int8_only = [flag for flag, value in (("--calibration-images", calibration_images),
                                           ("--max-accuracy-drop", max_accuracy_drop),
-                                          ("--weight-rounding", weight_rounding)) if value is not None]  # fmt: skip
+                                          ("--weight-rounding", weight_rounding),
+                                          ("--max-float-layers", max_float_layers)) if value is not None]  # fmt: skip
 
     def core(settings):
         if int8_only and settings.export.dtype != "int8":

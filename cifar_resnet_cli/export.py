@@ -28,12 +28,13 @@ from .datasets import DataError, load_checked_data, run_data_settings
 from .devices import device_description, resolve_device
 from .errors import CheckpointError, CifarResnetError, OutputError, VerificationError
 from .fileio import check_output_dir, output_error, sha256_file, temporary_beside
+from .int8_fallback import drop_points, keep_in_float, median_ms, split, timing_batch
 from .intervals import paired_difference_interval, proportion_interval
 from .progress import Tasks, task
 from .rounding import Rounding, round_weights
 from .settings import Settings
 from .weights import WeightsMeta, load_model
-from .writers import aoti_available, onnx_proto, quantize_onnx, save_onnx, set_onnx_metadata, write_aoti
+from .writers import Int8Writer, aoti_available, onnx_proto, save_onnx, set_onnx_metadata, write_aoti
 
 TORCHSCRIPT_METHODS = ("trace", "script", "frozen")
 KINDS = {"trace": "torchscript", "script": "torchscript", "frozen": "torchscript", "aoti": "aoti", "onnx": "onnx"}
@@ -141,6 +142,21 @@ def compare_outputs(out: Tensor, reference: Tensor, atol: float) -> Agreement:
     )
 
 
+class Int8Fallback(BaseModel):
+    """Why layers stayed in float and what that costs (int8_fallback.py). The drop and agreement of the
+    HeldOut this belongs to are then measured on the report images only, which the ranking never saw."""
+
+    all_int8_drop: float  # points on all held-out images: the drop that started the search
+    all_int8_drop_on_report: float  # points on the report images, beside the mixed file's drop there
+    ranking_images: int  # held-out images the layers were ranked on
+    ranked: list[str]  # every layer, the most sensitive first
+    drops: list[float]  # drop on the report images with the first 1, 2, ... ranked layers in float
+    max_float_layers: int
+    files_tried: int
+    timing_batch: int  # images per timed call, in the runtime that scored the file
+    ms: dict[str, float]  # median ms per call: fp32 (the ONNX file), int8 (every layer), mixed (this file)
+
+
 class HeldOut(BaseModel):
     """An int8 archive scored on real held-out images against the fp32 checkpoint it came from."""
 
@@ -161,6 +177,8 @@ class HeldOut(BaseModel):
     int8_only_correct: int | None = None
     top1_agreement_ci95: tuple[float, float] | None = None  # Wilson interval, fractions like top1_agreement
     accuracy_drop_ci95: tuple[float, float] | None = None  # points, paired (Tango score interval)
+    float_layers: list[str] = []  # layers the fallback kept in float (empty: every layer int8)
+    fallback: Int8Fallback | None = None  # how they were chosen and what they cost; None when not needed
 
 
 class ArchiveInfo(BaseModel):
@@ -263,6 +281,9 @@ class HeldOutImages:
     std: tuple[float, ...]
     image_size: int
 
+    def subset(self, index: Tensor) -> HeldOutImages:
+        return HeldOutImages(self.images[index], self.labels[index], self.mean, self.std, self.image_size)
+
     def batches(self, size: int = 256) -> Iterator[Tensor]:
         for i in range(0, len(self.images), size):
             yield preprocess(self.images[i : i + size], self.mean, self.std, self.image_size)
@@ -285,6 +306,7 @@ class _Job:
     min_agreement: float
     max_drop: float  # int8: allowed top-1 loss on the held-out images, in points
     weight_rounding: str  # int8: gptq or nearest
+    max_float_layers: int  # int8: layers the fallback may keep in float (0: none, refuse instead)
     data_settings: dict  # the data folder and download choice, recorded in the archive for eval
     onnx_runtime: str  # what loads ONNX files back and scores int8: onnxruntime or openvino
     calibration: list[Tensor] | None = None  # int8: preprocessed training batches
@@ -305,10 +327,7 @@ def _write(job: _Job, method: str, tmp: Path, target: Path) -> HeldOut | None:
             deployed = Deployed(model.to(job.device), DTYPES[job.dtype], job.channels_last).eval()
             write_aoti(deployed, job.example.to(job.device), tmp, metadata)
         elif job.dtype == "int8":
-            model, rounding = round_weights(model, job.weight_rounding, job.calibration or [])
-            proto = onnx_proto(Deployed(model).eval(), job.example, metadata)
-            quantize_onnx(proto, tmp, job.calibration or [])
-            held_out = _score_int8(job, tmp, rounding)
+            held_out = _write_int8(job, model, tmp, metadata)
             set_onnx_metadata(tmp, _metadata(job, method, held_out))
             return held_out
         else:
@@ -324,15 +343,97 @@ def _metadata(job: _Job, method: str, held_out: HeldOut | None = None) -> str:
                             data_settings=job.data_settings)  # fmt: skip
 
 
+def _write_int8(job: _Job, model: nn.Module, tmp: Path, metadata: str) -> HeldOut:
+    """The int8 file at ``tmp``, scored; past the budget, the mixed file with the fewest layers in float."""
+    rounded, rounding = round_weights(model, job.weight_rounding, job.calibration or [])
+    with Int8Writer(onnx_proto(Deployed(rounded).eval(), job.example, metadata), job.calibration or []) as writer:
+        writer.write(tmp)
+    held_out = _score_int8(job, _file_logits(job, tmp), rounding)
+    if held_out.accuracy_drop <= job.max_drop or job.max_float_layers == 0:
+        return held_out
+    # Layers kept in float keep their own weights: with nearest rounding the quantizer rounds the rest to
+    # the same grid itself; GPTQ's weights are used throughout (float layers keep them, rounded).
+    source = model if job.weight_rounding == "nearest" else rounded
+    with Int8Writer(onnx_proto(Deployed(source).eval(), job.example, metadata), job.calibration or []) as writer:
+        return _fallback(job, writer, tmp, rounding, held_out, model)
+
+
+def _fallback(
+    job: _Job, writer: Int8Writer, tmp: Path, rounding: Rounding, all_int8: HeldOut, model: nn.Module
+) -> HeldOut:
+    """Keep the fewest most sensitive layers in float until the drop fits, or refuse (int8_fallback.py)."""
+    assert job.held_out is not None and job.held_out_logits is not None
+    scratch = Path(writer.prepared).with_name("all.int8.onnx")
+    writer.write(scratch)
+    held = job.held_out
+    logits_of = lambda path, index: _file_logits(job, path, index)  # noqa: E731
+    search = keep_in_float(
+        writer,
+        tmp,
+        logits_of,
+        job.held_out_logits,
+        held.labels,
+        model,
+        max_drop=job.max_drop,
+        limit=job.max_float_layers,
+    )
+    _, report = split(len(held.labels))
+    all_on_report = drop_points(_file_logits(job, scratch, report), job.held_out_logits[report], held.labels[report])
+    if not search.fits:
+        raise VerificationError(
+            f"the int8 archive loses {all_int8.accuracy_drop:.2f} points of top-1 on {all_int8.images} held-out images "
+            f"(allowed {job.max_drop:g}), and with up to {len(search.drops)} of its most sensitive layers in float "
+            f"({', '.join(search.ranked[: len(search.drops)])}) it still loses {min(search.drops, default=100):.2f} "
+            f"points on {len(report)} of them; nothing was written",
+            "calibrate on more images (--calibration-images), allow more --max-float-layers, or ship fp32/bf16",
+        )
+    x = next(held.batches(timing_batch(job.meta.image_size)))
+    runners = {
+        name: load_archive(path, "cpu", kind="onnx", runtime=job.onnx_runtime)[0]
+        for name, path in (("fp32", writer.fp32), ("int8", scratch), ("mixed", tmp))
+    }
+    ms = median_ms(runners, x)
+    if ms["mixed"] >= ms["fp32"]:
+        raise VerificationError(
+            f"the int8 archive fits its budget only with {len(search.float_layers)} layers in float "
+            f"({', '.join(search.float_layers)}), and then it is no faster than the fp32 ONNX file in "
+            f"{job.onnx_runtime} ({ms['mixed']:.2f} against {ms['fp32']:.2f} ms per {len(x)} images); nothing "
+            "was written",
+            "ship the fp32 ONNX file (export --method onnx), or calibrate on more images (--calibration-images)",
+        )
+    held_out = _score_int8(job, _file_logits(job, tmp, report), rounding, report)
+    fallback = Int8Fallback(
+        all_int8_drop=all_int8.accuracy_drop,
+        all_int8_drop_on_report=all_on_report,
+        ranking_images=len(held.labels) - len(report),
+        ranked=search.ranked,
+        drops=search.drops,
+        max_float_layers=job.max_float_layers,
+        files_tried=search.files_tried,
+        timing_batch=len(x),
+        ms=ms,
+    )
+    return held_out.model_copy(update={"float_layers": search.float_layers, "fallback": fallback})
+
+
 @torch.inference_mode()
-def _score_int8(job: _Job, path: Path, rounding: Rounding) -> HeldOut:
-    """The int8 file's top-1 on the held-out images against the fp32 checkpoint's, from a fresh session."""
-    runner, _, _ = load_archive(path, "cpu", kind="onnx", runtime=job.onnx_runtime)
+def _file_logits(job: _Job, path: Path, index: Tensor | None = None) -> Tensor:
+    """An ONNX file's logits on the held-out images (those at ``index``, or all), from a fresh session."""
     assert job.held_out is not None
+    runner, _, _ = load_archive(path, "cpu", kind="onnx", runtime=job.onnx_runtime)
+    held = job.held_out if index is None else job.held_out.subset(index)
     if job.held_out_logits is None:
         job.held_out_logits = torch.cat([job.model(x).float() for x in job.held_out.batches()])
+    return torch.cat([runner(x) for x in held.batches()])
+
+
+def _score_int8(job: _Job, int8: Tensor, rounding: Rounding, index: Tensor | None = None) -> HeldOut:
+    """The int8 file's top-1 (its logits ``int8``) on the held-out images (at ``index``, or all) against
+    the fp32 checkpoint's."""
+    assert job.held_out is not None and job.held_out_logits is not None
     fp32, labels = job.held_out_logits, job.held_out.labels
-    int8 = torch.cat([runner(x) for x in job.held_out.batches()])
+    if index is not None:
+        fp32, labels = fp32[index], labels[index]
     n = max(len(labels), 1)
     fp32_right, int8_right = fp32.argmax(1) == labels, int8.argmax(1) == labels
     fp32_correct, int8_correct = int(fp32_right.sum()), int(int8_right.sum())
@@ -340,14 +441,24 @@ def _score_int8(job: _Job, path: Path, rounding: Rounding) -> HeldOut:
     fp32_only, int8_only = int((fp32_right & ~int8_right).sum()), int((int8_right & ~fp32_right).sum())
     drop_low, drop_high = paired_difference_interval(fp32_only, int8_only, n)
     # Points from image counts, so that 10 images of 1,000 are exactly 1.0 (not 1.0000000000000036).
-    return HeldOut(split="val", images=len(labels), calibration_images=sum(len(b) for b in job.calibration or []),
-                   fp32_top1=100 * fp32_correct / n, int8_top1=100 * int8_correct / n,
-                   accuracy_drop=100 * (fp32_correct - int8_correct) / n,
-                   max_accuracy_drop=job.max_drop, top1_agreement=(n - flipped) / n, weight_rounding=rounding.method,
-                   rows_to_nearest=rounding.rows_to_nearest, runtime=job.onnx_runtime, flipped=flipped,
-                   fp32_only_correct=fp32_only, int8_only_correct=int8_only,
-                   top1_agreement_ci95=proportion_interval(n - flipped, n),
-                   accuracy_drop_ci95=(100 * drop_low, 100 * drop_high))  # fmt: skip
+    return HeldOut(
+        split="val" if index is None else "val (report part)",
+        images=len(labels),
+        calibration_images=sum(len(b) for b in job.calibration or []),
+        fp32_top1=100 * fp32_correct / n,
+        int8_top1=100 * int8_correct / n,
+        accuracy_drop=100 * (fp32_correct - int8_correct) / n,
+        max_accuracy_drop=job.max_drop,
+        top1_agreement=(n - flipped) / n,
+        weight_rounding=rounding.method,
+        rows_to_nearest=rounding.rows_to_nearest,
+        runtime=job.onnx_runtime,
+        flipped=flipped,
+        fp32_only_correct=fp32_only,
+        int8_only_correct=int8_only,
+        top1_agreement_ci95=proportion_interval(n - flipped, n),
+        accuracy_drop_ci95=(100 * drop_low, 100 * drop_high),
+    )
 
 
 def _verify(job: _Job, method: str, tmp: Path, held_out: HeldOut | None) -> tuple[Agreement, str]:
@@ -382,7 +493,8 @@ def _check(method: str, agreement: Agreement, job: _Job, held_out: HeldOut | Non
             f"the int8 archive loses {held_out.accuracy_drop:.2f} points of top-1 on {held_out.images} held-out "
             f"images ({held_out.fp32_top1:.2f}% fp32 -> {held_out.int8_top1:.2f}% int8; allowed "
             f"{held_out.max_accuracy_drop:g}); nothing was written",
-            "calibrate on more images (--calibration-images), or ship fp32/bf16",
+            "allow layers in float (--max-float-layers), calibrate on more images (--calibration-images), "
+            "or ship fp32/bf16",
         )
 
 
@@ -512,5 +624,6 @@ def _job(settings: Settings, model: nn.Module, meta: WeightsMeta, ckpt_sha: str,
     return _Job(model=model, meta=meta, ckpt_sha=ckpt_sha, device=device, dtype=e.dtype,
                 channels_last=e.channels_last, example=example, x=x, reference=reference, atol=atol,
                 min_agreement=min_agreement, max_drop=e.max_accuracy_drop,
-                weight_rounding=e.weight_rounding, data_settings=data_settings(settings, path),
+                weight_rounding=e.weight_rounding, max_float_layers=e.max_float_layers,
+                data_settings=data_settings(settings, path),
                 onnx_runtime=settings.onnx_runtime)  # fmt: skip

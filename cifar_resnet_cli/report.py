@@ -405,6 +405,19 @@ def render_export(result) -> None:
                 f"{h.int8_only_correct} now right); 95% intervals for images like these: agreement "
                 f"{a_low:.1%} to {a_high:.1%}, drop {d_low:.2f} to {d_high:.2f} points."
             )
+        if h.fallback is not None:
+            _print_fallback(h)
+
+
+def _print_fallback(h) -> None:
+    f = h.fallback
+    out.print(
+        f"  Fallback: every layer in int8 lost {f.all_int8_drop:.2f} points, so {len(h.float_layers)} "
+        f"layer{'s' if len(h.float_layers) != 1 else ''} stayed in float: {', '.join(h.float_layers)} (ranked on "
+        f"{f.ranking_images} other held-out images; all-int8 lost {f.all_int8_drop_on_report:.2f} points on the "
+        f"{h.images} reported here). Speed in {h.runtime}, ms per {f.timing_batch} images: fp32 {f.ms['fp32']:.2f}, "
+        f"all int8 {f.ms['int8']:.2f}, this file {f.ms['mixed']:.2f} ({f.ms['fp32'] / f.ms['mixed']:.2f}x fp32)."
+    )
 
 
 def _ms(seconds: float | None) -> str:

@@ -4,18 +4,46 @@ from __future__ import annotations
 
 import csv
 import errno
-import fcntl
 import io
 import json
 import math
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from .errors import CifarResnetError, OutputError
 from .fileio import atomic_write_bytes, check_output_dir, output_error
+
+try:  # POSIX: an advisory lock that the kernel drops when the process dies, however it dies
+    import fcntl
+except ImportError:  # Windows has msvcrt's byte-range lock instead, dropped at exit as well
+    fcntl = None
+try:
+    import msvcrt
+except ImportError:
+    msvcrt = None
+
+
+def _try_lock(fd: int) -> None:
+    """Lock ``fd`` without waiting; OSError when another process holds it."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    elif msvcrt is not None:
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    else:
+        raise CifarResnetError("cannot lock the run folder: this platform has neither fcntl nor msvcrt",
+                               "train on Linux, macOS or Windows")  # fmt: skip
+
+
+def _holder(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+    except OSError:  # Windows: the holder's locked byte cannot be read
+        return "unknown"
+
 
 SETTINGS = "settings.json"
 METRICS = "metrics.jsonl"
@@ -139,11 +167,17 @@ def locked(run_dir: Path) -> Iterator[None]:
         os.close(fd)
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
-        path.unlink(missing_ok=True)
-        os.close(fd)  # releases the lock
+        if fcntl is not None:  # POSIX: remove while still holding it, so no one locks a file about to vanish
+            path.unlink(missing_ok=True)
+            os.close(fd)  # releases the lock
+        else:  # Windows cannot remove an open file
+            os.close(fd)
+            with suppress(OSError):
+                path.unlink(missing_ok=True)
 
 
 def _inode(path: Path) -> int | None:
@@ -159,11 +193,14 @@ def _lock_file(path: Path, run_dir: Path) -> int:
     except OSError as exc:
         raise output_error(exc, path, "create the lock") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        _try_lock(fd)
+    except CifarResnetError:
         os.close(fd)
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+        raise
+    except OSError as exc:
+        holder = _holder(fd)
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES, getattr(errno, "EDEADLOCK", errno.EACCES)):
             raise output_error(exc, path, "lock") from None
         raise CifarResnetError(
             f"{run_dir} is in use: process {holder} is training in it",

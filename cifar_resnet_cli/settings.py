@@ -197,6 +197,9 @@ class ExportSettings(_Section):
     weight_rounding: Literal["nearest", "gptq"] = Field(
         "nearest", description="int8: weights rounded to nearest, or by GPTQ (error-compensating)"
     )
+    max_float_layers: int = Field(
+        8, ge=0, le=64, description="int8: layers that may stay in float to bring the drop within budget; 0 = refuse"
+    )
     out_dir: Path = Field(Path("exports"), description="where archives are written")
 
     @model_validator(mode="after")

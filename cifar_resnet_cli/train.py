@@ -239,10 +239,14 @@ def initial_model(settings: Settings, data: CifarData) -> Init:
               "synthetic_size": settings.data.synthetic_size if data.synthetic else None}  # fmt: skip
     if t.init == "none":
         torch.manual_seed(t.seed)
-        model = resnet34(num_classes=settings.num_classes, stem=m.stem)
+        # Each residual block starts as the identity (its last BatchNorm's weight 0; Goyal et al. 2017). Without
+        # it the 16 blocks add up: the first loss is far above ln(classes) and, at the usual peak rates without
+        # warm-up, training diverged or not by the CPU's rounding (docs/numerics.md).
+        model = resnet34(num_classes=settings.num_classes, stem=m.stem, zero_init_residual=True)
         mean, std = CIFAR_STATS[data.name]
-        meta = WeightsMeta(stem=m.stem, mean=mean, std=std, pretrained=False, conv1="random",
-                           source=f"random initialisation (seed {t.seed})", source_sha256="none", **common)  # fmt: skip
+        source = f"random initialisation (seed {t.seed}, residual branches zeroed)"
+        meta = WeightsMeta(stem=m.stem, mean=mean, std=std, pretrained=False, conv1="random", source=source,
+                           source_sha256="none", **common)  # fmt: skip
         return Init(model, meta)
     if t.init == "imagenet":
         path = ported_cache_path(settings)

@@ -7,8 +7,10 @@ and keep the batch dimension dynamic, so one file serves batch 1 and batch 512 a
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
+import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -93,34 +95,98 @@ class _Calibration:
         return None if batch is None else {"input": batch.numpy()}
 
 
-def quantize_onnx(fp32_proto, out: Path, calibration: list[Tensor], *, exclude: Sequence[str] = ()) -> None:
-    """Static int8 quantization by ONNX Runtime: QDQ format, signed int8 weights per output channel,
-    unsigned int8 activations with min/max ranges measured on ``calibration`` (preprocessed float32
-    batches). u8 activations x s8 weights is the x86 VNNI instruction's own pairing: ONNX Runtime runs
-    it about 3x faster than s8 x s8 (10.4 against 29.6 ms, batch 1, 224 px, AMD EPYC), OpenVINO equally fast.
-    Each range is the average of the calibration batches' min/max (batches of 32), not the extreme over all
-    of them: one outlier image no longer widens a range for every image. On a cifar10-mini model (32 px, 256
-    calibration images, 1,000 held-out) that took the drop from 1.0 to 0.0 points and the top-1 agreement
-    from 86% to 94% (README, "Deployment"). ``exclude``: ONNX node names kept in float (used by
-    ``benchmarks/int8_sensitivity.py`` to quantize one stage at a time)."""
-    quant = optional("onnxruntime.quantization", "int8 ONNX export")
-    shape_inference = optional("onnxruntime.quantization.shape_inference", "int8 ONNX export")
-    with tempfile.TemporaryDirectory(prefix="cifar-resnet-int8-") as tmp:
-        fp32, prepared = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
-        save_onnx(fp32_proto, fp32)
+class Int8Writer:
+    """Static int8 quantization by ONNX Runtime, prepared and calibrated once, written as often as asked.
+
+    QDQ format, signed int8 weights per output channel, unsigned int8 activations with min/max ranges
+    measured on ``calibration`` (preprocessed float32 batches). u8 activations x s8 weights is the x86 VNNI
+    instruction's own pairing: ONNX Runtime runs it about 3x faster than s8 x s8, OpenVINO equally fast.
+    Each range is the average of the calibration batches' min/max (batches of 32), not the extreme over
+    all of them, so one outlier image does not widen a range for every image (docs/results: "Deployment").
+    The ranges are cached (ONNX Runtime's ``calibration_cache_path``, 1.27+), so each further file with
+    other ``exclude``d nodes (kept in float) costs a second, not a calibration pass.
+    """
+
+    def __init__(self, fp32_proto, calibration: list[Tensor]) -> None:
+        self._quant = optional("onnxruntime.quantization", "int8 ONNX export")
+        shape_inference = optional("onnxruntime.quantization.shape_inference", "int8 ONNX export")
+        if "calibration_cache_path" not in inspect.signature(self._quant.quantize_static).parameters:
+            raise ExportFailed(
+                "int8 export needs onnxruntime >= 1.27 (its calibration cache)",
+                "pip install -U 'onnxruntime>=1.27' (the [onnx] extra)",
+            )
+        self._tmp = tempfile.TemporaryDirectory(prefix="cifar-resnet-int8-")
+        root = Path(self._tmp.name)
+        self.fp32, self.prepared, self._cache = root / "fp32.onnx", root / "prepared.onnx", root / "calibration.json"
+        self._calibration = calibration
+        save_onnx(fp32_proto, self.fp32)
         try:
             with _quiet():
-                shape_inference.quant_pre_process(str(fp32), str(prepared))
-                quant.quantize_static(
-                    str(prepared), str(out), _Calibration(calibration), quant_format=quant.QuantFormat.QDQ,
-                    per_channel=True, activation_type=quant.QuantType.QUInt8, weight_type=quant.QuantType.QInt8,
-                    calibrate_method=quant.CalibrationMethod.MinMax, extra_options={"CalibMovingAverage": True},
+                shape_inference.quant_pre_process(str(self.fp32), str(self.prepared))
+        except Exception as exc:
+            self.close()
+            raise ExportFailed(f"ONNX Runtime could not prepare the model ({_first_line(exc)})") from None
+
+    def write(self, out: Path, exclude: Sequence[str] = ()) -> None:
+        """The int8 file with the ONNX nodes named in ``exclude`` left in float."""
+        q = self._quant
+        try:
+            with _quiet():
+                q.quantize_static(
+                    str(self.prepared),
+                    str(out),
+                    _Calibration(self._calibration),
+                    quant_format=q.QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=q.QuantType.QUInt8,
+                    weight_type=q.QuantType.QInt8,
+                    calibrate_method=q.CalibrationMethod.MinMax,
+                    extra_options={"CalibMovingAverage": True},
                     nodes_to_exclude=list(exclude),
-                )  # fmt: skip
+                    calibration_cache_path=str(self._cache),
+                )
         except CifarResnetError:
             raise
         except Exception as exc:
             raise ExportFailed(f"ONNX Runtime could not quantize the model ({_first_line(exc)})") from None
+
+    def node_names(self) -> list[str]:
+        onnx = optional("onnx", "int8 ONNX export")
+        return [node.name for node in onnx.load(str(self.prepared)).graph.node]
+
+    def weight_nodes(self) -> list[tuple[str, str]]:
+        """(ONNX node name, the module it computes) of every convolution and linear layer, in graph order.
+        The module comes from the exporter's name scopes; a convolution with its batch norm folded in
+        carries the batch norm's scope, which :func:`module_of_scope`'s caller maps back."""
+        onnx = optional("onnx", "int8 ONNX export")
+        nodes = []
+        for node in onnx.load(str(self.prepared)).graph.node:
+            if node.op_type in ("Conv", "Gemm", "MatMul"):
+                scopes = {p.key: p.value for p in node.metadata_props}.get("pkg.torch.onnx.name_scopes", "")
+                nodes.append((node.name, module_of_scope(scopes) or node.name))
+        return nodes
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    def __enter__(self) -> Int8Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def module_of_scope(scopes: str) -> str | None:
+    """The innermost module under the deployed wrapper in an exporter name-scope list, e.g.
+    ``['', 'model', 'model.layer1', 'model.layer1.0.bn1', 'op']`` -> ``layer1.0.bn1``."""
+    names = re.findall(r"'model\.([^']+)'", scopes)
+    return names[-1] if names else None
+
+
+def quantize_onnx(fp32_proto, out: Path, calibration: list[Tensor], *, exclude: Sequence[str] = ()) -> None:
+    """One int8 file (see :class:`Int8Writer`); ``exclude``: ONNX node names kept in float."""
+    with Int8Writer(fp32_proto, calibration) as writer:
+        writer.write(out, exclude)
 
 
 def aoti_available() -> bool:

@@ -35,8 +35,8 @@ echo "== 6. Feature extraction: frozen backbone, features computed once, head tr
 cifar-resnet train "${SYNTH[@]}" --init "$OUT/random-synthetic.safetensors" --freeze-backbone --no-augment \
     --epochs 5 --lr 0.01 --name frozen
 
-echo "== 7. Fine-tuning every layer (bf16 autocast, channels-last), then eval of the best checkpoint ==" >&2
-run=$(cifar-resnet train "${SYNTH[@]}" --init "$OUT/random-synthetic.safetensors" --epochs 2 --batch-size 64 \
+echo "== 7. Training every layer from scratch (bf16 autocast, channels-last), then eval of the best checkpoint ==" >&2
+run=$(cifar-resnet train "${SYNTH[@]}" --init none --epochs 2 --batch-size 64 \
     --amp bf16 --channels-last --name finetune --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["run_dir"])')
 cifar-resnet eval "$run/best.safetensors" --data-dir "$OUT/data" --confusion "$run/confusion.csv"
 

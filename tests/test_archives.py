@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import Cli
+from conftest import Cli, squash
 
 from cifar_resnet_cli import archives as archives_module
 from cifar_resnet_cli import export as export_module
@@ -26,7 +26,7 @@ from cifar_resnet_cli.bench import BenchResult
 from cifar_resnet_cli.datasets import load_cifar
 from cifar_resnet_cli.export import ExportResult, methods_for_all
 from cifar_resnet_cli.settings import load_settings
-from cifar_resnet_cli.weights import load_model
+from cifar_resnet_cli.weights import load_model, save_weights
 
 onnx = pytest.importorskip("onnx", reason="the [onnx] extra is part of make test")
 ort = pytest.importorskip("onnxruntime", reason="the [onnx] extra is part of make test")
@@ -39,10 +39,15 @@ pytestmark = pytest.mark.xdist_group("archives")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint that has learned the synthetic classes (feature extraction from a random backbone on
-    cached features: seconds, and well above chance, so int8 has accuracy to lose)."""
+    cached features: seconds, and well above chance, so int8 has accuracy to lose). The backbone is
+    torchvision's random initialisation (``port --weights none``), every residual branch live, as in
+    pretrained weights; ``--init none`` zeroes them, which would leave some convolutions without effect."""
     root = tmp_path_factory.mktemp("trained")
+    backbone = root / "random.safetensors"
+    port = Cli()("port", "--weights", "none", "--dataset", "synthetic", "--out", backbone)
+    assert port.exit_code == 0, port.stderr
     r = Cli()(
-        "train", "--dataset", "synthetic", *SYNTHETIC, "--init", "none", "--freeze-backbone", "--epochs", "8",
+        "train", "--dataset", "synthetic", *SYNTHETIC, "--init", backbone, "--freeze-backbone", "--epochs", "8",
         "--batch-size", "64", "--optimizer", "adamw", "--lr", "0.01", "--runs-dir", root / "runs", "--json",
         env={"CIFAR_RESNET_DATA__DATA_DIR": str(root / "data")},
     )  # fmt: skip
@@ -259,6 +264,53 @@ def test_a_destroyed_int8_model_is_refused_and_not_written(trained: Path, tmp_pa
         export_model = export_module.export_model
         export_model(settings, trained, tamper_calibration=1e-3)
     assert list(tmp_path.iterdir()) == []
+
+
+def _with_an_outlier_channel(checkpoint: Path, out: Path, scale: float = 1000.0) -> Path:
+    """The same function, one activation channel ``scale`` times larger: channel 0 of layer3.0's first
+    batch norm (weight and bias) times ``scale``, the next convolution's weights from it divided by it.
+    ReLU commutes with a positive scale, so fp32 logits are unchanged, but one int8 range now spans that
+    channel and rounds every other channel of the tensor to nothing: an outlier channel, as real models have."""
+    model, meta = load_model(checkpoint)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["layer3.0.bn1.weight"][0] *= scale
+    state["layer3.0.bn1.bias"][0] *= scale
+    state["layer3.0.conv2.weight"][:, 0] /= scale
+    save_weights(out, state, meta)
+    inflated, _ = load_model(out)
+    x = torch.randn(4, 3, meta.image_size, meta.image_size)
+    with torch.no_grad():
+        torch.testing.assert_close(inflated.eval()(x), model.eval()(x), atol=1e-4, rtol=1e-4)
+    return out
+
+
+def test_int8_past_its_budget_keeps_the_fewest_sensitive_layers_in_float(cli, trained: Path, tmp_path: Path) -> None:
+    """The outlier channel ruins the all-int8 file; the fallback finds the two convolutions around it (each
+    quantized alone breaks the model), keeps them in float, ships the file within budget and says so."""
+    checkpoint = _with_an_outlier_channel(trained, tmp_path / "outlier.safetensors")
+    env = {"CIFAR_RESNET_DATA__DATA_DIR": str(trained.parent.parent.parent / "data")}
+    args = ["export", checkpoint, "--method", "onnx", "--dtype", "int8", "--calibration-images", "128",
+            "--max-accuracy-drop", "3", "--out", tmp_path / "out"]  # fmt: skip
+    r = cli(*args, "--json", env=env)
+    assert r.exit_code == 0, r.stderr
+    h = ExportResult.model_validate_json(r.stdout).archives[0].held_out
+    f = h.fallback
+    assert f is not None and f.all_int8_drop > 10  # without the fallback this file would be refused
+    assert {"layer3.0.conv1", "layer3.0.conv2"} <= set(h.float_layers) and len(h.float_layers) <= 4
+    assert h.float_layers == f.ranked[: len(h.float_layers)] and h.accuracy_drop == f.drops[-1] <= 3
+    assert h.images + f.ranking_images == 300 and h.split == "val (report part)"
+    assert f.ms["mixed"] < f.ms["fp32"] and set(f.ms) == {"fp32", "int8", "mixed"}
+    proto = onnx.load(str(tmp_path / "out" / "outlier.int8.onnx"))
+    stored = json.loads({p.key: p.value for p in proto.metadata_props}["cifar_resnet"])["int8_held_out"]
+    assert stored["float_layers"] == h.float_layers and stored["fallback"]["ranked"] == f.ranked
+    text = cli(*args, "--force", env=env)
+    assert text.exit_code == 0 and "Fallback: every layer in int8 lost" in squash(text.stdout)
+    assert ", ".join(h.float_layers) in squash(text.stdout)
+    # Fewer float layers than it needs, or none at all: refused, and nothing is written.
+    for limit, says in (("1", "with up to 1 of its most sensitive layers in float"), ("0", "--max-float-layers")):
+        refused = cli(*args[:-1], tmp_path / f"refused{limit}", "--max-float-layers", limit, env=env)
+        assert refused.exit_code == 1 and "nothing was written" in refused.err and says in refused.err, refused.err
+        assert not (tmp_path / f"refused{limit}" / "outlier.int8.onnx").exists()
 
 
 def test_a_broken_onnx_export_is_caught_and_not_kept(cli, trained: Path, tmp_path: Path, monkeypatch) -> None:

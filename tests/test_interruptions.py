@@ -246,6 +246,24 @@ def test_a_second_process_on_a_locked_run_is_refused(cli) -> None:
     assert cli("train", "--resume", "runs/x", "--epochs", "2").exit_code == 0
 
 
+def test_train_and_compare_import_where_there_is_no_fcntl(tmp_path: Path) -> None:
+    """Windows has no fcntl: the modules must still import, and locking says what is missing there."""
+    code = (
+        "import sys; sys.modules['fcntl'] = None; sys.modules['msvcrt'] = None\n"
+        "import cifar_resnet_cli.train, cifar_resnet_cli.compare, cifar_resnet_cli.cli\n"
+        "from pathlib import Path\n"
+        "from cifar_resnet_cli import rundir\n"
+        "assert rundir.fcntl is None\n"
+        "try:\n"
+        "    rundir.locked(Path(sys.argv[1])).__enter__()\n"
+        "except rundir.CifarResnetError as exc:\n"
+        "    print(exc.message)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "cannot lock the run folder: this platform has neither fcntl nor msvcrt" in r.stdout
+
+
 def test_a_copied_run_folder_resumes(cli, tmp_path: Path) -> None:
     assert cli("train", *TINY, "--epochs", "1", "--name", "original").exit_code == 0
     copy = tmp_path / "elsewhere" / "renamed"
