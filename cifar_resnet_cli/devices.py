@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import platform
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .errors import DeviceError
+
+MIN_RUN_STEPS = 200  # timing costs 2 x 4 steps: at most 4% of a run this long
 
 
 def resolve_device(name: str) -> torch.device:
@@ -87,24 +91,27 @@ class Precision:
     reason: str
 
 
-def resolve_precision(amp: str, channels_last: bool | None, device: torch.device) -> Precision:
-    """``--amp auto`` and an unset ``--channels-last``, decided for this device, with the reason.
+StepTimer = Callable[[str, bool], float]  # (amp, channels_last) -> seconds per training step
+TIE_MARGIN = 0.05  # bf16 must be this much faster than fp32 to be chosen: fp32 is exact, and wins ties
 
-    bf16 where the hardware computes it natively (CPU: AMX or AVX-512 bf16; CUDA: compute
-    capability 8.0 or newer), fp16 with a GradScaler on older CUDA, fp32 elsewhere. Channels-last
-    comes with reduced precision on the CPU (oneDNN's fast bf16 convolutions want it) and with any
-    autocast on CUDA (tensor cores), and stays off in fp32 on the CPU, where it does not pay.
+
+def resolve_precision(amp: str, channels_last: bool | None, device: torch.device, *, timer: StepTimer | None = None,
+                      run_steps: int | None = None) -> Precision:  # fmt: skip
+    """``--amp auto`` and an unset ``--channels-last``, decided for this device and run, with the reason.
+
+    CPU: where bf16 would be emulated (neither AMX nor AVX-512 bf16) fp32; otherwise both are timed
+    (``timer``, a few steps each, precision_probe.py) and bf16 is chosen only if more than 5% faster; a run
+    too short to repay that timing, or one with no timer, stays in fp32. CUDA: bf16 where the GPU computes it
+    natively (compute capability 8.0+, emulation not counted), else fp16 with a scaler. Channels-last comes
+    with reduced precision on the CPU and CUDA, and stays off in fp32 on the CPU.
     """
     why = "asked for"
+    timings = ""
     if amp == "auto":
         if device.type == "cpu":
-            flags = cpu_matrix_flags()
-            native = [f for f in flags if f in ("amx_bf16", "avx512_bf16")]
-            amp = "bf16" if native else "off"
-            why = (f"auto: this CPU computes bf16 natively ({', '.join(native)})" if native
-                   else "auto: this CPU has neither AMX nor AVX-512 bf16, so bf16 would be emulated: fp32")  # fmt: skip
+            amp, why, timings = _cpu_auto(channels_last, timer, run_steps)
         elif device.type == "cuda":
-            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            amp = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
             why = ("auto: this GPU computes bf16 natively" if amp == "bf16"
                    else "auto: this GPU has no native bf16: fp16 with a gradient scaler")  # fmt: skip
         else:
@@ -114,4 +121,21 @@ def resolve_precision(amp: str, channels_last: bool | None, device: torch.device
         why += f"; channels-last {'on' if channels_last else 'off'} (auto)"
     else:
         why += f"; channels-last {'on' if channels_last else 'off'} (asked for)"
-    return Precision(amp, channels_last, why)
+    return Precision(amp, channels_last, why + timings)
+
+
+def _cpu_auto(channels_last: bool | None, timer: StepTimer | None, run_steps: int | None) -> tuple[str, str, str]:
+    native = [f for f in cpu_matrix_flags() if f in ("amx_bf16", "avx512_bf16")]
+    if not native:
+        return "off", "auto: this CPU has neither AMX nor AVX-512 bf16, so bf16 would be emulated: fp32", ""
+    if timer is None or run_steps is None or run_steps < MIN_RUN_STEPS:
+        return "off", f"auto: fp32 (a run of {run_steps or 0} steps is too short to repay timing bf16 against it)", ""
+    start = time.perf_counter()
+    fp32 = timer("off", bool(channels_last))
+    bf16 = timer("bf16", True if channels_last is None else channels_last)
+    amp = "bf16" if bf16 < (1 - TIE_MARGIN) * fp32 else "off"
+    verdict = "faster" if amp == "bf16" else "not 5% faster"
+    why = f"auto: bf16 ({', '.join(native)}) timed {verdict} than fp32 for this run"
+    spent = time.perf_counter() - start
+    timings = f"; {1e3 * fp32:.0f} ms fp32 against {1e3 * bf16:.0f} ms bf16 a step (timed in {spent:.1f} s)"
+    return amp, why, timings

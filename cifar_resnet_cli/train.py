@@ -47,6 +47,7 @@ from .fileio import remove_temporaries, sha256_file
 from .metrics import MetricsSinks, tensorboard_enabled
 from .model import ResNet, freeze_backbone, resnet34
 from .plots import PlotUnavailable, plot_curves
+from .precision_probe import step_seconds
 from .progress import NoTasks, Tasks, task
 from .settings import Settings, parse_checkpoint_every
 from .weights import WeightsMeta, load_model, model_from_tensors
@@ -453,9 +454,27 @@ def _settings_for_run(settings: Settings, data: CifarData, device: torch.device)
     t = settings.train
     if t.patience is not None and len(data.val) == 0:
         raise ConfigError("--patience needs a validation split to watch", "drop --patience, or set --val-size above 0")
-    precision = resolve_precision(t.amp, t.channels_last, device)
+    n_batches = math.ceil(len(data.train) / (t.batch_size * t.accum_steps))
+    run_steps = t.epochs * min(n_batches, t.limit_batches or n_batches)
+    timer = None if device.type != "cpu" or distributed.launched_by_torchrun() else _step_timer(settings, device)
+    precision = resolve_precision(t.amp, t.channels_last, device, timer=timer, run_steps=run_steps)
     train = t.model_copy(update={"amp": precision.amp, "channels_last": precision.channels_last})
     return settings.model_copy(update={"train": train}), precision.reason
+
+
+def _step_timer(settings: Settings, device: torch.device):
+    """Seconds per training step of this run's model and batch, for ``--amp auto`` to compare precisions;
+    under torchrun every rank would time differently, so there it keeps the rule (devices.py)."""
+    m, t = settings.model, settings.train
+
+    def timer(amp: str, channels_last: bool) -> float:
+        model = resnet34(num_classes=settings.num_classes, stem=m.stem)
+        if t.freeze_backbone:
+            freeze_backbone(model)
+        return step_seconds(model, batch=t.batch_size, image_size=m.image_size, num_classes=settings.num_classes,
+                            device=device, amp=amp, channels_last=channels_last)  # fmt: skip
+
+    return timer
 
 
 def _check_runtime(settings: Settings, device: torch.device, ctx: DistContext) -> None:

@@ -129,6 +129,7 @@ def test_each_kind_reloads_with_its_plain_runtime_and_carries_the_metadata(train
     assert (out - expected).abs().max() <= 1e-4 * max(1.0, float(expected.abs().max()))
 
 
+@pytest.mark.numerics
 def test_int8_is_scored_on_held_out_images_and_says_so(exported) -> None:
     result = ExportResult.model_validate_json(exported["summary"].read_text())
     (archive,) = result.archives
@@ -155,6 +156,7 @@ def test_int8_is_scored_on_held_out_images_and_says_so(exported) -> None:
     assert f"{h.flipped} of 300 images changed their answer" in " ".join(shown.get().split())  # however it wraps
 
 
+@pytest.mark.numerics
 def test_eval_and_predict_of_every_kind_equal_the_checkpoint(cli, trained: Path, exported, tmp_path: Path) -> None:
     env = {"CIFAR_RESNET_DATA__DATA_DIR": str(trained.parent.parent.parent / "data")}
     reference = cli.json("eval", trained, env=env)
@@ -202,6 +204,7 @@ def test_an_archive_outside_its_run_folder_finds_the_data_it_was_trained_on(cli,
     assert not (Path(os.environ["XDG_CACHE_HOME"]) / "cifar-resnet" / "data").exists()
 
 
+@pytest.mark.numerics
 def test_int8_is_scored_in_the_runtime_it_will_be_deployed_with(cli, trained: Path, tmp_path: Path) -> None:
     """--onnx-runtime openvino: the held-out score export stores is OpenVINO's, the one eval measures."""
     if not _has("openvino"):
@@ -255,6 +258,7 @@ def test_bench_runs_the_deployment_runtimes_beside_eager(cli) -> None:
     assert any("int8 rows are calibrated on random inputs" in w for w in result.warnings)
 
 
+@pytest.mark.numerics
 def test_a_destroyed_int8_model_is_refused_and_not_written(trained: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CIFAR_RESNET_DATA__DATA_DIR", str(trained.parent.parent.parent / "data"))
     settings = load_settings(None, {"export": {"methods": ["onnx"], "dtype": "int8", "out_dir": tmp_path,
@@ -284,6 +288,7 @@ def _with_an_outlier_channel(checkpoint: Path, out: Path, scale: float = 1000.0)
     return out
 
 
+@pytest.mark.numerics
 def test_int8_past_its_budget_keeps_the_fewest_sensitive_layers_in_float(cli, trained: Path, tmp_path: Path) -> None:
     """The outlier channel ruins the all-int8 file; the fallback finds the two convolutions around it (each
     quantized alone breaks the model), keeps them in float, ships the file within budget and says so."""

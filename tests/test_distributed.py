@@ -33,6 +33,7 @@ def _launch(args: list[str], cwd: Path, nproc: int) -> dict:
     return json.loads(proc.stdout)
 
 
+@pytest.mark.numerics
 def test_two_processes_compute_what_one_does(tmp_path: Path) -> None:
     """Same global batch, --sync-bn, no augmentation: one optimisation step on 2 processes equals one on 1.
 

@@ -26,6 +26,7 @@ def checkpoint(cli, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("stem", ["imagenet", "cifar"])
 @pytest.mark.parametrize("method", ["trace", "script", "frozen"])
+@pytest.mark.numerics
 def test_variants_of_both_stems_match_eager(stem: str, method: str) -> None:
     model = resnet34(num_classes=10, stem=stem).eval()
     x = torch.randn(3, 3, 32, 32)
@@ -36,6 +37,7 @@ def test_variants_of_both_stems_match_eager(stem: str, method: str) -> None:
     assert_fp32_close(out, expected)
 
 
+@pytest.mark.numerics
 def test_export_writes_verified_archives_with_metadata(cli, checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "exports" / "v1"  # made when missing
     torchscript = ["--method", "trace", "--method", "script", "--method", "frozen"]  # onnx, aoti: test_archives.py
@@ -90,6 +92,7 @@ def test_archive_loads_with_map_location(cli, checkpoint: Path, tmp_path: Path) 
     assert torch.jit.load(path, map_location=torch.device("cpu"))(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 
 
+@pytest.mark.numerics
 def test_eval_of_an_archive_equals_eval_of_its_checkpoint(cli, tmp_path: Path) -> None:
     run = cli.json("train", "--dataset", "synthetic", "--synthetic-size", "600", "--val-size", "200", "--init", "none",
                    "--epochs", "1", "--batch-size", "50", "--limit-batches", "4")  # fmt: skip

@@ -41,6 +41,7 @@ def test_cifar_stem_keeps_resolution() -> None:
 
 
 @pytest.mark.parametrize("stem", ["imagenet", "cifar"])
+@pytest.mark.numerics
 def test_scripted_and_traced_match_eager(stem: str) -> None:
     model = resnet34(num_classes=10, stem=stem).eval()
     x = torch.randn(3, 3, 32, 32)

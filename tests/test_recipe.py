@@ -52,6 +52,7 @@ def test_resume_is_bit_identical_with_ema_and_batched_augmentation() -> None:
     assert all(torch.equal(best[k], ema[k]) for k in ema)
 
 
+@pytest.mark.numerics
 def test_accumulation_equals_the_larger_batch() -> None:
     # A frozen backbone keeps BatchNorm in eval mode, so 4 batches of 15 compute what one batch of 60
     # does; only the order of floating-point sums differs (about 1e-7 relative per sum), which is far
@@ -101,22 +102,45 @@ def test_patience_stops_and_top_k_keeps_the_k_best(cli) -> None:
     assert all(torch.equal(best[k], top[k]) for k in best)
 
 
+AMX = ["amx_bf16", "amx_tile", "avx512_bf16", "avx512f"]
+
+
 @pytest.mark.parametrize(
-    ("flags", "device", "bf16_gpu", "expected"),
+    ("flags", "device", "bf16_gpu", "ms", "steps", "expected", "says"),
     [
-        (["amx_bf16", "amx_tile", "avx512_bf16", "avx512f"], "cpu", None, ("bf16", True)),
-        (["avx512_bf16", "avx512_vnni", "avx512f"], "cpu", None, ("bf16", True)),
-        (["avx512f"], "cpu", None, ("off", False)),
-        ([], "cpu", None, ("off", False)),
-        ([], "cuda", True, ("bf16", True)),
-        ([], "cuda", False, ("fp16", True)),
+        (AMX, "cpu", None, (100, 40), 1000, ("bf16", True), "timed faster"),  # CIFAR stem on AMX: 2.6x
+        (["avx512_bf16", "avx512f"], "cpu", None, (100, 52), 1000, ("bf16", True), "timed faster"),
+        (AMX, "cpu", None, (100, 113), 1000, ("off", False), "not 5% faster"),  # ImageNet stem, 32 px, AMX
+        (AMX, "cpu", None, (100, 96), 1000, ("off", False), "not 5% faster"),  # a tie goes to fp32
+        (AMX, "cpu", None, (100, 40), 199, ("off", False), "too short"),  # a run too short to time
+        (["avx512f"], "cpu", None, None, 1000, ("off", False), "emulated"),  # never timed: emulated bf16
+        ([], "cpu", None, None, 1000, ("off", False), "emulated"),
+        ([], "cuda", True, None, 1000, ("bf16", True), "natively"),
+        ([], "cuda", False, None, 1000, ("fp16", True), "no native bf16"),
     ],
 )
-def test_amp_auto_choices(monkeypatch, flags, device, bf16_gpu, expected) -> None:
+def test_amp_auto_choices(monkeypatch, flags, device, bf16_gpu, ms, steps, expected, says) -> None:
     monkeypatch.setattr(devices, "cpu_matrix_flags", lambda: flags)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_gpu)
-    chosen = devices.resolve_precision("auto", None, torch.device(device))
+    asked_for_emulation = []
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        asked_for_emulation.append(including_emulation)
+        return bf16_gpu
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    timed = []
+
+    def timer(amp: str, channels_last: bool) -> float:
+        assert ms is not None, "this choice needs no timing"
+        timed.append((amp, channels_last))
+        return ms[amp == "bf16"] / 1e3
+
+    chosen = devices.resolve_precision("auto", None, torch.device(device), timer=timer, run_steps=steps)
     assert (chosen.amp, chosen.channels_last) == expected and chosen.reason.startswith("auto")
+    assert says in chosen.reason, chosen.reason
+    if timed:
+        assert timed == [("off", False), ("bf16", True)] and f"{ms[0]} ms fp32 against {ms[1]} ms bf16" in chosen.reason
+    assert asked_for_emulation in ([], [False])  # T4/V100 emulate bf16: those get fp16
     asked = devices.resolve_precision("off", True, torch.device(device))
     assert (asked.amp, asked.channels_last) == ("off", True) and "asked for" in asked.reason
 
@@ -124,9 +148,30 @@ def test_amp_auto_choices(monkeypatch, flags, device, bf16_gpu, expected) -> Non
 def test_the_run_says_what_precision_it_chose(cli) -> None:
     run = cli.json("train", *TINY, "--epochs", "1", "--limit-batches", "1")
     settings = json.loads((Path(run["run_dir"]) / "settings.json").read_text())
-    assert settings["train"]["amp"] in ("bf16", "off") and run["precision"].startswith("auto:")
+    assert settings["train"]["amp"] == "off" and run["precision"].startswith("auto:")
     native = any(f in devices.cpu_matrix_flags() for f in ("amx_bf16", "avx512_bf16"))
-    assert settings["train"]["amp"] == ("bf16" if native else "off")
+    assert ("too short" if native else "emulated") in run["precision"]
+
+
+def test_amp_auto_times_the_runs_own_model_and_records_the_choice(cli, monkeypatch) -> None:
+    """A run long enough is timed in both precisions before epoch 1 (the timer faked here, so that load on
+    the machine cannot flip the choice); settings.json keeps the choice, so resume computes as it started."""
+    monkeypatch.setattr(devices, "cpu_matrix_flags", lambda: AMX)
+    calls = []
+
+    def fake_step_seconds(model, *, batch, image_size, num_classes, device, amp, channels_last):
+        calls.append((type(model).__name__, batch, image_size, num_classes, amp, channels_last))
+        return 0.1 if amp == "off" else 0.05
+
+    monkeypatch.setattr(train_module, "step_seconds", fake_step_seconds)
+    monkeypatch.setattr(devices, "MIN_RUN_STEPS", 2)  # a real run that long would take minutes here
+    run = cli.json("train", *TINY, "--epochs", "1", "--limit-batches", "2", "--batch-size", "16", "--name", "x")
+    assert calls == [("ResNet", 16, 32, 10, "off", False), ("ResNet", 16, 32, 10, "bf16", True)]
+    assert run["precision"].startswith("auto: bf16") and "100 ms fp32 against 50 ms bf16" in run["precision"]
+    settings = json.loads((Path(run["run_dir"]) / "settings.json").read_text())
+    assert (settings["train"]["amp"], settings["train"]["channels_last"]) == ("bf16", True)
+    resumed = cli.json("train", "--resume", "runs/x", "--epochs", "2")
+    assert len(calls) == 2 and resumed["precision"].startswith("asked for")  # the recorded choice, not re-timed
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import math
 import signal
 from collections import OrderedDict
 from pathlib import Path
@@ -35,11 +36,15 @@ def _settings(**sections):
     return load_settings(None, base)
 
 
+@pytest.mark.numerics
 def test_short_fine_tune_learns_synthetic(cli, tmp_path: Path) -> None:
     r = TrainResult.model_validate(
         cli.json("train", "--dataset", "synthetic", "--synthetic-size", "2000", "--val-size", "500",
                  "--batch-size", "64", "--init", "none", "--epochs", "2", "--amp", "bf16", "--channels-last")
     )  # fmt: skip
+    # Measured (docs/numerics.md): 1.000 in bf16 and fp32, natively (AMX) and with oneDNN held to AVX-512
+    # without bf16 or to AVX2; before residual branches started at zero, 0.40 to 0.91 by the CPU's rounding.
+    assert r.history[0].train_loss < math.log(10), r.history  # starts below chance's loss, not diverging
     assert r.best_val_top1 >= 0.90, r.history
     assert r.test_top1 >= 0.85 and r.synthetic and r.mode == "fine-tuning"
     run = Path(r.run_dir)
@@ -391,6 +396,7 @@ class _Losses(NullProgress):
 
 
 @pytest.mark.slow
+@pytest.mark.numerics
 def test_compiled_training_steps_equal_eager_within_float_tolerance(tmp_path: Path, monkeypatch) -> None:
     """``--compile`` (torch.compile of the model, Inductor's C++ kernels here) trains the same model.
 
