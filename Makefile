@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint docs clean
+.PHONY: demo test test-isa lint docs clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,17 @@ demo: $(STAMP)  ## the main job end to end, offline
 test: $(STAMP)  ## the test suite (CPU; two workers, one thread each: about 8 minutes on 2 cores)
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
+# oneDNN and ATen held to older instruction sets: other kernels, and bf16 emulated without avx512_bf16.
+ISA_SETTINGS := "ONEDNN_MAX_CPU_ISA=AVX512_CORE" "ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2"
+
+test-isa: $(STAMP)  ## the numerics tests and the demo under each ISA setting (docs/numerics.md)
+	@for isa in $(ISA_SETTINGS); do \
+	  echo "== $$isa: pytest -m numerics, then the demo ==" >&2; \
+	  env $$isa $(BIN)/python -m pytest -q -n 2 --dist loadgroup -m numerics || exit 1; \
+	  env $$isa OUT=demo-out-isa PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh > demo-out-isa.log || \
+	    { echo "demo failed under $$isa (stdout in demo-out-isa.log)" >&2; exit 1; }; \
+	done
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -25,4 +36,4 @@ docs: $(STAMP)  ## regenerate the README's CLI reference from --help
 	$(BIN)/python scripts/cli_reference.py
 
 clean:
-	rm -rf demo-out .pytest_cache .ruff_cache
+	rm -rf demo-out demo-out-isa demo-out-isa.log .pytest_cache .ruff_cache
