@@ -73,6 +73,7 @@ def _unfused() -> Iterator[None]:
 # name -> (settings overrides on top of ours, a context to run it in, what it measures)
 VARIANTS: dict[str, tuple[dict[str, dict[str, Any]], Callable[[], Any] | None, str]] = {
     "ours-fp32": ({"train": {"amp": "off", "channels_last": False}}, None, "fp32, channels-first"),
+    "ours-bf16": ({"train": {"amp": "bf16", "channels_last": True}}, None, "bf16 autocast, channels-last"),
     "ours-channels-first": ({"train": {"channels_last": False}}, None, "--amp auto, channels-first"),
     "ours-unfused": ({}, _unfused, "optimiser's per-tensor loop, not fused"),
     "ours-compile": ({"train": {"compile": True}}, None, "torch.compile of the model"),
@@ -226,7 +227,15 @@ class Ours(_Pipeline):
         raise RuntimeError("the run ended before the timed steps were done (too few training images?)")
 
     def __post_init__(self) -> None:
-        self.batch = self.settings().train.batch_size  # a variant may change it: images are counted with it
+        t = self.settings().train
+        self.batch = t.batch_size  # a variant may change it: images are counted with it
+        self.precision_reason = None
+        if t.amp == "auto":  # decided once, as a whole run decides it (a round's few steps are too short to time)
+            chosen = resolve_precision("auto", t.channels_last, self.device, timer=training._step_timer(
+                self.settings(), self.device), run_steps=10**6)  # fmt: skip
+            self.overrides = {**self.overrides, "train": {**self.overrides.get("train", {}), "amp": chosen.amp,
+                                                         "channels_last": chosen.channels_last}}  # fmt: skip
+            self.precision_reason = chosen.reason
 
     def __call__(self) -> Measure:
         clock = _Clock(self.warmup + self.steps, self.device)
@@ -274,7 +283,7 @@ def _row(name: str, pipe: Any, rounds: Rounds, flops: float, rates: dict[str, fl
         "ratio_spread": stats.spread, "stable": stats.stable if name != rounds.baseline else None,
         "gflops_per_s": ips * flops / 1e9, "share_of_bf16_matmul": ips * flops / 1e9 / rates["bf16"],
         "share_of_own_dtype_matmul": ips * flops / 1e9 / rates.get(dtype, rates["fp32"]),
-        "first_step_s": pipe.first_step_s,
+        "first_step_s": pipe.first_step_s, "precision_reason": getattr(pipe, "precision_reason", None),
     }  # fmt: skip
     if isinstance(pipe, Ours) and pipe.step_s:
         step = statistics.median(pipe.step_s)

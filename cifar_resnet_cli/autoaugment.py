@@ -6,8 +6,8 @@ operation runs once over the images that drew it, on the training device. The op
 magnitude ranges and the bin counts are torchvision's (TrivialAugment: Müller & Hutter, 2021,
 https://arxiv.org/abs/2103.10158; RandAugment: Cubuk et al., 2020, https://arxiv.org/abs/1909.13719):
 
-- geometric (shear, translate, rotate): nearest-neighbour resampling about the image centre, the
-  uncovered area filled with black, as torchvision does by default;
+- geometric (shear, translate, rotate): nearest-neighbour resampling, the uncovered area filled with
+  black; shears about the top-left corner and rotations about the centre, as torchvision's policies do;
 - colour (brightness, colour, contrast, sharpness): PIL's ImageEnhance blends, factor 1 + m;
 - posterize, solarize, autocontrast and equalize: PIL's definitions on uint8 values.
 
@@ -93,10 +93,10 @@ def _geometric(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor
         n, size = len(x), x.shape[-1]
         theta = torch.zeros(n, 2, 3, device=x.device)
         theta[:, 0, 0] = theta[:, 1, 1] = 1.0
-        if kind == "shear_x":  # out(x, y) = in(x + m*y, y) about the centre; square images
-            theta[:, 0, 1] = m
+        if kind == "shear_x":  # out(x, y) = in(x + m*y, y), y from the top edge (torchvision's center=[0, 0])
+            theta[:, 0, 1] = theta[:, 0, 2] = m  # normalised: the top edge is y = -1; square images
         elif kind == "shear_y":
-            theta[:, 1, 0] = m
+            theta[:, 1, 0] = theta[:, 1, 2] = m
         elif kind == "translate_x":  # m pixels: out(x) = in(x - m)
             theta[:, 0, 2] = -2.0 * m / size
         elif kind == "translate_y":
@@ -188,9 +188,8 @@ def random_erase(x: torch.Tensor, prob: float, generator: torch.Generator, *, sc
     ew = (area / log_r.exp()).sqrt().round().clamp(1, w)
     top = (torch.rand(n, generator=generator) * (h - eh + 1)).floor()
     left = (torch.rand(n, generator=generator) * (w - ew + 1)).floor()
-    noise = torch.randn(n, c, h, w, generator=generator)
-    rows, cols = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
-    inside = ((rows >= top.view(-1, 1, 1)) & (rows < (top + eh).view(-1, 1, 1))
-              & (cols >= left.view(-1, 1, 1)) & (cols < (left + ew).view(-1, 1, 1)) & on.view(-1, 1, 1))  # fmt: skip
-    mask = inside[:, None].to(x.device)
-    return torch.where(mask, noise.to(device=x.device, dtype=x.dtype), x)
+    out = x.clone()
+    for i in on.nonzero().flatten().tolist():  # noise drawn for the erased boxes only, not the whole batch
+        t, le, hh, ww = int(top[i]), int(left[i]), int(eh[i]), int(ew[i])
+        out[i, :, t : t + hh, le : le + ww] = torch.randn(c, hh, ww, generator=generator).to(x.device, x.dtype)
+    return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -344,17 +345,18 @@ def _metadata(job: _Job, method: str, held_out: HeldOut | None = None) -> str:
 
 
 def _write_int8(job: _Job, model: nn.Module, tmp: Path, metadata: str) -> HeldOut:
-    """The int8 file at ``tmp``, scored; past the budget, the mixed file with the fewest layers in float."""
+    """The int8 file at ``tmp``, scored; past the budget, the mixed file with the fewest layers in float.
+
+    With nearest rounding the float weights go to ONNX Runtime, whose quantizer rounds them to the same
+    grid (rounding.py), so a layer kept in float keeps its own weights; GPTQ's go in already rounded.
+    """
     rounded, rounding = round_weights(model, job.weight_rounding, job.calibration or [])
-    with Int8Writer(onnx_proto(Deployed(rounded).eval(), job.example, metadata), job.calibration or []) as writer:
-        writer.write(tmp)
-    held_out = _score_int8(job, _file_logits(job, tmp), rounding)
-    if held_out.accuracy_drop <= job.max_drop or job.max_float_layers == 0:
-        return held_out
-    # Layers kept in float keep their own weights: with nearest rounding the quantizer rounds the rest to
-    # the same grid itself; GPTQ's weights are used throughout (float layers keep them, rounded).
     source = model if job.weight_rounding == "nearest" else rounded
     with Int8Writer(onnx_proto(Deployed(source).eval(), job.example, metadata), job.calibration or []) as writer:
+        writer.write(tmp)
+        held_out = _score_int8(job, _file_logits(job, tmp), rounding)
+        if held_out.accuracy_drop <= job.max_drop or job.max_float_layers == 0:
+            return held_out
         return _fallback(job, writer, tmp, rounding, held_out, model)
 
 
@@ -364,7 +366,7 @@ def _fallback(
     """Keep the fewest most sensitive layers in float until the drop fits, or refuse (int8_fallback.py)."""
     assert job.held_out is not None and job.held_out_logits is not None
     scratch = Path(writer.prepared).with_name("all.int8.onnx")
-    writer.write(scratch)
+    shutil.copyfile(tmp, scratch)
     held = job.held_out
     logits_of = lambda path, index: _file_logits(job, path, index)  # noqa: E731
     search = keep_in_float(

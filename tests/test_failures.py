@@ -22,7 +22,7 @@ TINY = ["--dataset", "synthetic", "--synthetic-size", "600", "--val-size", "200"
         "--init", "none", "--epochs", "1", "--limit-batches", "1"]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "w.safetensors"
     r = CliRunner().invoke(app, ["port", "--weights", "none", "--dataset", "synthetic", "--out", str(path)])

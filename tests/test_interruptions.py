@@ -63,7 +63,7 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120, poll: flo
     raise AssertionError("timed out")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The uninterrupted run, made the same way as the interrupted ones, but with checkpoints at epoch
     ends only: saving inside an epoch must not change the result either."""
