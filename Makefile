@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-docs: $(STAMP)  ## regenerate the README's CLI reference from --help
+docs: $(STAMP)  ## regenerate docs/cli.md from the app
 	$(BIN)/python scripts/cli_reference.py
 
 clean:

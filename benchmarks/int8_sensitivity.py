@@ -12,7 +12,7 @@ QDQ settings, the data settings from the checkpoint, its run folder and CIFAR_RE
   output channel; to nearest or by GPTQ as ``--weight-rounding`` says, nearest by default as in ``export``),
   activations left in float; simulated in PyTorch. With GPTQ, ``weights_only_nearest`` beside it;
 - ``int8``: the whole model quantized (the file ``export`` would write);
-- ``only_<stage>``: only that stage quantized (stem, layer1..4, fc), the rest of the graph in float.
+- ``only_<stage>``: only that stage quantized (stem, layer1..4, fc; ``--stages``), the rest of the graph in float.
 
 Each entry gives the top-1 agreement with fp32, the flipped images, the accuracy drop in points, and
 ``diff_error_std``: the standard deviation of the error in (logit of fp32's top-1 - logit of its
@@ -109,7 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, help="the data folder, when the checkpoint is not in its run folder")
     parser.add_argument("--calibration-images", type=int, default=1024)
     parser.add_argument("--weight-rounding", choices=["nearest", "gptq"], default="nearest")
+    parser.add_argument(
+        "--stages",
+        default=",".join(("stem", *STAGES)),
+        help="the stages quantized alone, comma-separated (each costs one export and calibration)",
+    )
     args = parser.parse_args(argv)
+    unknown = set(args.stages.split(",")) - {"stem", *STAGES}
+    if unknown:
+        parser.error(f"unknown stages {sorted(unknown)}: choose from stem, {', '.join(STAGES)}")
     data = {"data_dir": args.data_dir, "download": False} if args.data_dir else {}
     export = {"calibration_images": args.calibration_images, "weight_rounding": args.weight_rounding}
     settings = load_settings(None, {"data": data, "export": export})
@@ -133,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         whole = model if args.weight_rounding == "nearest" else rounded
         proto = onnx_proto(Deployed(whole).eval(), images[:2], "{}")
         result["int8"] = summary(quantized_logits(proto, calibration, images, [], Path(tmp)), ref, labels)
-        for stage in ("stem", *STAGES):
+        for stage in args.stages.split(","):
             # Only this stage's weights rounded (the rest stay float weights in float layers).
             proto = onnx_proto(Deployed(partly_rounded(model, rounded, stage)).eval(), images[:2], "{}")
             stages = stage_nodes(proto)

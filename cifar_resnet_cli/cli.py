@@ -97,7 +97,7 @@ DatasetOpt = Annotated[
     typer.Option(
         "--dataset",
         help="Dataset the model is for; sets classes and class names. folder: your images in "
-        "--data-dir DIR/train/<class>/ (see README). (default: cifar10)",
+        "--data-dir DIR/train/<class>/ (see docs/folders.md). (default: cifar10)",
     ),
 ]
 StemOpt = Annotated[

@@ -11,7 +11,7 @@ columns not yet rounded, weighted by the inverse of the layer's input second-mom
 ``H = E[x x^T]`` measured on calibration images, so that the layer's output on such inputs moves as
 little as possible. On our cifar10-mini models it removes almost all of the error of the weights
 alone, but the whole int8 model's agreement with fp32 moved only within its measurement noise, the
-activations' rounding being the larger error there (README, "Where int8's error comes from"); so
+activations' rounding being the larger error there (docs/results/deployment.md, "Where int8's error comes from"); so
 ``export`` rounds to nearest unless asked. A row whose largest weight the compensation pulled
 below 127 steps would get another scale from the quantizer, so such a row is rounded to nearest
 instead (counted in :class:`Rounding`).

@@ -195,7 +195,7 @@ def param_groups(model: ResNet, settings: Settings) -> list[dict[str, Any]]:
 def make_optimizer(model: ResNet, settings: Settings) -> torch.optim.Optimizer:
     """SGD or AdamW, with the fused implementation (one kernel over every tensor) where this torch
     has it for the model's device: the same numbers, and on a 2-core CPU the SGD step of ResNet34
-    takes about 8 ms instead of about 90 ms with the per-tensor loop (see the README)."""
+    takes about 8 ms instead of about 90 ms with the per-tensor loop (docs/training.md)."""
     t = settings.train
     groups = param_groups(model, settings)
     # Not fused SGD under fp16's GradScaler: its kernel advances the momentum on the steps the scaler

@@ -37,7 +37,7 @@ cifar-resnet train "${SYNTH[@]}" --init "$OUT/random-synthetic.safetensors" --fr
 
 echo "== 7. Training every layer from scratch (bf16 autocast, channels-last), then eval of the best checkpoint ==" >&2
 run=$(cifar-resnet train "${SYNTH[@]}" --init none --epochs 2 --batch-size 64 \
-    --amp bf16 --channels-last --name finetune --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["run_dir"])')
+    --amp bf16 --channels-last --name scratch --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["run_dir"])')
 cifar-resnet eval "$run/best.safetensors" --data-dir "$OUT/data" --confusion "$run/confusion.csv"
 
 echo "== 8. Export every kind (TorchScript, AOTInductor .pt2, ONNX) and int8 ONNX, each verified; eval archives ==" >&2

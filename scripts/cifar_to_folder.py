@@ -5,7 +5,7 @@
 OUT gets train/<class>/, val/<class>/ and test/<class>/. The validation images are the ones
 ``cifar-resnet train --dataset cifar10 --val-size N --split-seed S`` holds out, so the CIFAR path
 and the folder path (``--dataset folder --data-dir OUT``) train, select and test on the same images:
-the README's comparison of the two readers is made this way.
+docs/folders.md's comparison of the two readers is made this way.
 """
 
 from __future__ import annotations
