@@ -60,10 +60,17 @@ def main(argv: list[str] | None = None) -> int:
             writer.write(path, exclude=ranked[:k])
             runners[f"float_{k}"] = onnx_runner(path, args.runtime)
         ms = median_ms(runners, x)
-    result = {"checkpoint": str(args.checkpoint), "cpu": cpu_name(), "cpu_flags": cpu_matrix_flags(),
-              "threads": torch.get_num_threads(), "runtime": args.runtime, "batch": len(x),
-              "ranked": [names[n] for n in ranked], "ms": ms,
-              "speedup_over_fp32": {k: ms["fp32"] / v for k, v in ms.items() if k != "fp32"}}  # fmt: skip
+    result = {
+        "checkpoint": str(args.checkpoint),
+        "cpu": cpu_name(),
+        "cpu_flags": cpu_matrix_flags(),
+        "threads": torch.get_num_threads(),
+        "runtime": args.runtime,
+        "batch": len(x),
+        "ranked": [names[n] for n in ranked],
+        "ms": ms,
+        "speedup_over_fp32": {k: ms["fp32"] / v for k, v in ms.items() if k != "fp32"},
+    }
     print(json.dumps(result, indent=2))
     return 0
 

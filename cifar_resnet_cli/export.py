@@ -381,6 +381,14 @@ def _fallback(
     )
     _, report = split(len(held.labels))
     all_on_report = drop_points(_file_logits(job, scratch, report), job.held_out_logits[report], held.labels[report])
+    if search.every_layer_drop is not None:
+        raise VerificationError(
+            f"the int8 archive loses {all_int8.accuracy_drop:.2f} points of top-1 on {all_int8.images} held-out images "
+            f"(allowed {job.max_drop:g}), and still {search.every_layer_drop:.2f} points on {len(report)} of them "
+            "with every convolution and linear layer in float: what stays int8 (additions, pooling) is calibrated "
+            "badly; nothing was written",
+            "check the calibration images (they should look like the training data), or ship fp32/bf16",
+        )
     if not search.fits:
         raise VerificationError(
             f"the int8 archive loses {all_int8.accuracy_drop:.2f} points of top-1 on {all_int8.images} held-out images "

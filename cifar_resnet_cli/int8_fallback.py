@@ -42,6 +42,7 @@ class Search:
     ranked: list[str]  # every layer, the most sensitive first
     drops: list[float]  # the drop (points, report images) with the first 1, 2, ... ranked layers in float
     files_tried: int
+    every_layer_drop: float | None = None  # set when even every layer in float missed the budget
 
     @property
     def fits(self) -> bool:
@@ -108,9 +109,18 @@ def keep_in_float(
     limit: int,
 ) -> Search:
     """Keep the fewest most sensitive layers in float until the drop on the report images fits ``max_drop``;
-    the fitting file is left at ``out``. Tries at most ``limit`` layers."""
+    the fitting file is left at ``out``. Tries at most ``limit`` layers.
+
+    First, every convolution and linear layer in float at once: if even that misses the budget, the error
+    lies in what stays int8 whatever is chosen (the additions, the pooling: ranges calibrated badly), and no
+    ranking can help, so the search ends there (``every_layer_drop``) after one file instead of forty.
+    """
     names = layer_names(model, writer.weight_nodes())
     ranking, report = split(len(labels))
+    writer.write(out, exclude=list(names))
+    every_layer = drop_points(logits_of(out, report), reference[report], labels[report])
+    if every_layer > max_drop:
+        return Search([], [], [], [], 1, every_layer_drop=every_layer)
     ranked = rank_layers(writer, out, logits_of, reference, ranking, list(names))
     drops = []
     for k in range(1, min(limit, len(ranked)) + 1):
@@ -118,8 +128,8 @@ def keep_in_float(
         drops.append(drop_points(logits_of(out, report), reference[report], labels[report]))
         if drops[-1] <= max_drop:
             chosen = ranked[:k]
-            return Search(chosen, [names[n] for n in chosen], [names[n] for n in ranked], drops, len(names) + k)
-    return Search([], [], [names[n] for n in ranked], drops, len(names) + len(drops))
+            return Search(chosen, [names[n] for n in chosen], [names[n] for n in ranked], drops, 1 + len(names) + k)
+    return Search([], [], [names[n] for n in ranked], drops, 1 + len(names) + len(drops))
 
 
 def median_ms(runners: dict[str, Callable[[Tensor], Tensor]], x: Tensor) -> dict[str, float]:

@@ -21,8 +21,16 @@ from .evaluate import autocast
 WARMUP_STEPS, TIMED_STEPS = 1, 3  # devices.MIN_RUN_STEPS keeps this under 4% of a run
 
 
-def step_seconds(model: nn.Module, *, batch: int, image_size: int, num_classes: int, device: torch.device,
-                 amp: str, channels_last: bool) -> float:  # fmt: skip
+def step_seconds(
+    model: nn.Module,
+    *,
+    batch: int,
+    image_size: int,
+    num_classes: int,
+    device: torch.device,
+    amp: str,
+    channels_last: bool,
+) -> float:
     """Median seconds of one SGD step (forward, backward, update) of a copy of ``model`` on random images.
     Draws from its own generator: the run's random stream is not touched."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format

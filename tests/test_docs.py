@@ -17,8 +17,14 @@ LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 def test_cli_reference_matches_the_app() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIFAR_RESNET_")}
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "cli_reference.py"), "--check"],
-                          capture_output=True, text=True, cwd=ROOT, env=env, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "cli_reference.py"), "--check"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "--max-float-layers" in (ROOT / "docs" / "cli.md").read_text()  # an option of export's, so it is complete
 
