@@ -36,9 +36,20 @@ def main(argv: list[str] | None = None) -> int:
         assert data.cached == (what == "cached")
         n = sum(len(v) for v in data.labels.values())
         timings[what] = {"images": n, "seconds": round(seconds, 3), "images_per_s": round(n / seconds, 1)}
-    print(json.dumps({"folder": str(args.folder), "image_size": args.image_size, **timings,
-                      "skipped": len(data.skipped), "cpu": cpu_name(), "cpu_flags": cpu_matrix_flags(),
-                      "threads": torch.get_num_threads(), "torch": torch.__version__}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "folder": str(args.folder),
+                "image_size": args.image_size,
+                **timings,
+                "skipped": len(data.skipped),
+                "cpu": cpu_name(),
+                "cpu_flags": cpu_matrix_flags(),
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+            }
+        )
+    )
     return 0
 
 

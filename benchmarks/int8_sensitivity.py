@@ -53,9 +53,12 @@ def summary(out: Tensor, ref: Tensor, labels: Tensor) -> dict:
     diff_error = (out[rows, top2[:, 0]] - out[rows, top2[:, 1]]) - (ref[rows, top2[:, 0]] - ref[rows, top2[:, 1]])
     n = len(labels)
     drop = int((ref.argmax(1) == labels).sum()) - int((out.argmax(1) == labels).sum())
-    return {"agreement": float((out.argmax(1) == ref.argmax(1)).float().mean()),
-            "flips": int((out.argmax(1) != ref.argmax(1)).sum()), "drop_points": 100 * drop / n,
-            "diff_error_std": round(float(diff_error.std()), 4)}  # fmt: skip
+    return {
+        "agreement": float((out.argmax(1) == ref.argmax(1)).float().mean()),
+        "flips": int((out.argmax(1) != ref.argmax(1)).sum()),
+        "drop_points": 100 * drop / n,
+        "diff_error_std": round(float(diff_error.std()), 4),
+    }
 
 
 def module_stage(name: str) -> str:
@@ -88,8 +91,10 @@ def stage_nodes(proto) -> dict[str, list[str]]:
         stage = next((s for s in STAGES if f"model.{s}" in scopes), "stem")
         stages.setdefault(stage, []).append(node.name)
     if set(stages) != {"stem", *STAGES}:
-        raise SystemExit(f"could not place the ONNX nodes in stages (found {sorted(stages)}): the exporter's "
-                         "name scopes are missing from this torch version")  # fmt: skip
+        raise SystemExit(
+            f"could not place the ONNX nodes in stages (found {sorted(stages)}): the exporter's "
+            "name scopes are missing from this torch version"
+        )
     return stages
 
 
@@ -128,9 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     ref = logits(model, images)
     top2 = ref.topk(2, 1).values
     margin = top2[:, 0] - top2[:, 1]
-    result = {"checkpoint": str(args.checkpoint), "image_size": meta.image_size, "images": len(labels),
-              "calibration_images": sum(len(b) for b in calibration),
-              "margins": {f"below_{t}": float((margin < t).float().mean()) for t in (0.05, 0.1)}}  # fmt: skip
+    result = {
+        "checkpoint": str(args.checkpoint),
+        "image_size": meta.image_size,
+        "images": len(labels),
+        "calibration_images": sum(len(b) for b in calibration),
+        "margins": {f"below_{t}": float((margin < t).float().mean()) for t in (0.05, 0.1)},
+    }
     rounded, rounding = round_weights(model, args.weight_rounding, calibration)
     result["weight_rounding"] = asdict(rounding)
     result["weights_only"] = summary(logits(rounded, images), ref, labels)
@@ -148,8 +157,17 @@ def main(argv: list[str] | None = None) -> int:
             exclude = [name for other, names in stages.items() if other != stage for name in names]
             out = quantized_logits(proto, calibration, images, exclude, Path(tmp))
             result[f"only_{stage}"] = summary(out, ref, labels)
-    print(json.dumps({**result, "cpu": cpu_name(), "cpu_flags": cpu_matrix_flags(),
-                      "threads": torch.get_num_threads(), "torch": torch.__version__}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                **result,
+                "cpu": cpu_name(),
+                "cpu_flags": cpu_matrix_flags(),
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+            }
+        )
+    )
     return 0
 
 

@@ -139,9 +139,15 @@ class Conventional(_Pipeline):
     first_step_s: float | None = None
 
     def __post_init__(self) -> None:
-        self.loader = DataLoader(_training_set(self.data_dir, self.size), batch_size=self.batch, shuffle=True,
-                                 num_workers=self.workers, drop_last=True, pin_memory=self.device.type == "cuda",
-                                 persistent_workers=self.workers > 0)  # fmt: skip
+        self.loader = DataLoader(
+            _training_set(self.data_dir, self.size),
+            batch_size=self.batch,
+            shuffle=True,
+            num_workers=self.workers,
+            drop_last=True,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=self.workers > 0,
+        )
         self.batches = self._forever()
         torch.manual_seed(0)
         self.model = resnet34(num_classes=10, stem=self.stem).to(self.device).train()
@@ -211,9 +217,16 @@ class Ours(_Pipeline):
         base: dict[str, dict[str, Any]] = {
             "data": {"dataset": "cifar10", "data_dir": str(self.data_dir), "download": False, "val_size": 0},
             "model": {"stem": self.stem, "image_size": self.size},
-            "train": {"init": "none", "epochs": 1, "batch_size": self.batch, "lr": 0.05, "schedule": "constant",
-                      "limit_batches": self.steps + self.warmup, "runs_dir": str(self.runs)},
-        }  # fmt: skip
+            "train": {
+                "init": "none",
+                "epochs": 1,
+                "batch_size": self.batch,
+                "lr": 0.05,
+                "schedule": "constant",
+                "limit_batches": self.steps + self.warmup,
+                "runs_dir": str(self.runs),
+            },
+        }
         for section, values in self.overrides.items():
             base.setdefault(section, {}).update(values)
         return load_settings(None, {"device": self.device.type, **base})
@@ -231,10 +244,17 @@ class Ours(_Pipeline):
         self.batch = t.batch_size  # a variant may change it: images are counted with it
         self.precision_reason = None
         if t.amp == "auto":  # decided once, as a whole run decides it (a round's few steps are too short to time)
-            chosen = resolve_precision("auto", t.channels_last, self.device, timer=training._step_timer(
-                self.settings(), self.device), run_steps=10**6)  # fmt: skip
-            self.overrides = {**self.overrides, "train": {**self.overrides.get("train", {}), "amp": chosen.amp,
-                                                         "channels_last": chosen.channels_last}}  # fmt: skip
+            chosen = resolve_precision(
+                "auto",
+                t.channels_last,
+                self.device,
+                timer=training._step_timer(self.settings(), self.device),
+                run_steps=10**6,
+            )
+            self.overrides = {
+                **self.overrides,
+                "train": {**self.overrides.get("train", {}), "amp": chosen.amp, "channels_last": chosen.channels_last},
+            }
             self.precision_reason = chosen.reason
 
     def __call__(self) -> Measure:
@@ -253,8 +273,15 @@ def _nothing() -> Iterator[None]:
 
 
 def make_pipelines(args: argparse.Namespace, stem: str, size: int, runs: Path) -> dict[str, Any]:
-    common = {"data_dir": args.data_dir, "stem": stem, "size": size, "batch": args.batch_size, "steps": args.steps,
-              "warmup": args.warmup, "device": torch.device(args.device)}  # fmt: skip
+    common = {
+        "data_dir": args.data_dir,
+        "stem": stem,
+        "size": size,
+        "batch": args.batch_size,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "device": torch.device(args.device),
+    }
     pipes: dict[str, Any] = {
         "conventional": Conventional(workers=args.workers, **common),
         "ours": Ours(runs=runs, **common),
@@ -272,19 +299,29 @@ def _precision(pipe: Any, device: torch.device) -> str:
     return resolve_precision(t.amp, t.channels_last, device).amp.replace("off", "fp32")
 
 
-def _row(name: str, pipe: Any, rounds: Rounds, flops: float, rates: dict[str, float], device: torch.device,
-         train_images: int) -> dict[str, Any]:  # fmt: skip
+def _row(
+    name: str, pipe: Any, rounds: Rounds, flops: float, rates: dict[str, float], device: torch.device, train_images: int
+) -> dict[str, Any]:
     ips = rounds.images_per_s(name)
     stats = rounds.stats(name)
     dtype = _precision(pipe, device)
     row = {
-        "pipeline": name, "precision": dtype, "images_per_s": ips, "ratio_median": stats.median,
-        "ratio_q1": stats.q1, "ratio_q3": stats.q3, "ratio_min": stats.low, "ratio_max": stats.high,
-        "ratio_spread": stats.spread, "stable": stats.stable if name != rounds.baseline else None,
-        "gflops_per_s": ips * flops / 1e9, "share_of_bf16_matmul": ips * flops / 1e9 / rates["bf16"],
+        "pipeline": name,
+        "precision": dtype,
+        "images_per_s": ips,
+        "ratio_median": stats.median,
+        "ratio_q1": stats.q1,
+        "ratio_q3": stats.q3,
+        "ratio_min": stats.low,
+        "ratio_max": stats.high,
+        "ratio_spread": stats.spread,
+        "stable": stats.stable if name != rounds.baseline else None,
+        "gflops_per_s": ips * flops / 1e9,
+        "share_of_bf16_matmul": ips * flops / 1e9 / rates["bf16"],
         "share_of_own_dtype_matmul": ips * flops / 1e9 / rates.get(dtype, rates["fp32"]),
-        "first_step_s": pipe.first_step_s, "precision_reason": getattr(pipe, "precision_reason", None),
-    }  # fmt: skip
+        "first_step_s": pipe.first_step_s,
+        "precision_reason": getattr(pipe, "precision_reason", None),
+    }
     if isinstance(pipe, Ours) and pipe.step_s:
         step = statistics.median(pipe.step_s)
         row["median_step_s"] = step
@@ -301,10 +338,13 @@ def _compile_pays(rows: list[dict[str, Any]]) -> str | None:
     saved = eager["median_step_s"] - comp["median_step_s"]
     cost, steps = comp["extra_first_step_s"], comp["steps_per_epoch_full_data"]
     if saved <= 0:
-        return (f"torch.compile: {cost:.0f} s to compile and no faster per step ({-saved * 1000:.0f} ms slower): "
-                "never pays")  # fmt: skip
-    return (f"torch.compile: {cost:.0f} s to compile, {saved * 1000:.0f} ms saved per step: pays after "
-            f"{cost / saved:.0f} steps; one epoch of these training images is {steps} steps")  # fmt: skip
+        return (
+            f"torch.compile: {cost:.0f} s to compile and no faster per step ({-saved * 1000:.0f} ms slower): never pays"
+        )
+    return (
+        f"torch.compile: {cost:.0f} s to compile, {saved * 1000:.0f} ms saved per step: pays after "
+        f"{cost / saved:.0f} steps; one epoch of these training images is {steps} steps"
+    )
 
 
 def profile(args: argparse.Namespace, stem: str, size: int, runs: Path, steps: int) -> list[dict[str, Any]]:
@@ -312,16 +352,31 @@ def profile(args: argparse.Namespace, stem: str, size: int, runs: Path, steps: i
     from torch.profiler import ProfilerActivity, schedule
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
-    pipe = Ours(data_dir=args.data_dir, stem=stem, size=size, batch=args.batch_size, steps=steps,
-                warmup=args.warmup, device=torch.device(args.device), runs=runs)  # fmt: skip
+    pipe = Ours(
+        data_dir=args.data_dir,
+        stem=stem,
+        size=size,
+        batch=args.batch_size,
+        steps=steps,
+        warmup=args.warmup,
+        device=torch.device(args.device),
+        runs=runs,
+    )
     when = schedule(wait=0, warmup=args.warmup, active=steps, repeat=1)
     with torch.profiler.profile(activities=acts, schedule=when) as prof:
         pipe.run(_Clock(args.warmup + steps, pipe.device, on_step=prof.step))
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events) or 1.0
     top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[: args.profile_top]
-    return [{"op": e.key, "calls": e.count // steps, "self_ms_per_step": e.self_cpu_time_total / 1000 / steps,
-             "share": e.self_cpu_time_total / total} for e in top]  # fmt: skip
+    return [
+        {
+            "op": e.key,
+            "calls": e.count // steps,
+            "self_ms_per_step": e.self_cpu_time_total / 1000 / steps,
+            "share": e.self_cpu_time_total / total,
+        }
+        for e in top
+    ]
 
 
 # -----------------------------------------------------------------------------------------------
@@ -333,7 +388,9 @@ def profile(args: argparse.Namespace, stem: str, size: int, runs: Path, steps: i
 def _test_top1(model: torch.nn.Module, data_dir: Path, size: int, device: torch.device) -> float:
     mean, std = CIFAR_STATS["cifar10"]
     ops = ([transforms.Resize(size, antialias=True)] if size != 32 else []) + [
-        transforms.ToTensor(), transforms.Normalize(mean, std)]  # fmt: skip
+        transforms.ToTensor(),
+        transforms.Normalize(mean, std),
+    ]
     test = _Cifar10(str(data_dir), train=False, transform=transforms.Compose(ops), download=False)
     model.eval()
     correct = 0
@@ -342,16 +399,21 @@ def _test_top1(model: torch.nn.Module, data_dir: Path, size: int, device: torch.
     return correct / len(test)
 
 
-def conventional_accuracy(data_dir: Path, stem: str, size: int, *, epochs: int, batch: int, lr: float,
-                          workers: int, device: torch.device) -> float:  # fmt: skip
+def conventional_accuracy(
+    data_dir: Path, stem: str, size: int, *, epochs: int, batch: int, lr: float, workers: int, device: torch.device
+) -> float:
     """Train E full epochs the conventional way (fp32, cosine per iteration); test top-1."""
     loader = DataLoader(_training_set(data_dir, size), batch_size=batch, shuffle=True, num_workers=workers)
     torch.manual_seed(0)
     model = resnet34(num_classes=10, stem=stem).to(device)
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
-                          lr=lr, momentum=0.9, nesterov=True)  # fmt: skip
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        momentum=0.9,
+        nesterov=True,
+    )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(loader))
     for _ in range(epochs):
         model.train()
@@ -364,15 +426,25 @@ def conventional_accuracy(data_dir: Path, stem: str, size: int, *, epochs: int, 
     return _test_top1(model, data_dir, size, device)
 
 
-def ours_accuracy(data_dir: Path, stem: str, size: int, *, epochs: int, batch: int, lr: float,
-                  device: torch.device, runs: Path) -> float:  # fmt: skip
-    settings = load_settings(None, {
-        "device": device.type,
-        "data": {"dataset": "cifar10", "data_dir": str(data_dir), "download": False, "val_size": 0},
-        "model": {"stem": stem, "image_size": size},
-        "train": {"init": "none", "epochs": epochs, "batch_size": batch, "lr": lr, "runs_dir": str(runs),
-                  "schedule": "cosine"},
-    })  # fmt: skip
+def ours_accuracy(
+    data_dir: Path, stem: str, size: int, *, epochs: int, batch: int, lr: float, device: torch.device, runs: Path
+) -> float:
+    settings = load_settings(
+        None,
+        {
+            "device": device.type,
+            "data": {"dataset": "cifar10", "data_dir": str(data_dir), "download": False, "val_size": 0},
+            "model": {"stem": stem, "image_size": size},
+            "train": {
+                "init": "none",
+                "epochs": epochs,
+                "batch_size": batch,
+                "lr": lr,
+                "runs_dir": str(runs),
+                "schedule": "cosine",
+            },
+        },
+    )
     return training.train(settings).test_top1
 
 
@@ -395,8 +467,12 @@ def _args() -> argparse.Namespace:
     p.add_argument("--matmul-size", type=int, default=4096, help="n of the n x n matmuls that measure the limit")
     p.add_argument("--profile", type=int, default=0, metavar="STEPS", help="also profile ours over STEPS steps")
     p.add_argument("--profile-top", type=int, default=12)
-    p.add_argument("--accuracy-epochs", type=int, default=0,
-                   help="also train both pipelines this many full epochs and compare test top-1")  # fmt: skip
+    p.add_argument(
+        "--accuracy-epochs",
+        type=int,
+        default=0,
+        help="also train both pipelines this many full epochs and compare test top-1",
+    )
     p.add_argument("--accuracy-config", default="imagenet-stem-32px", choices=list(CONFIGS))
     p.add_argument("--accuracy-batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
@@ -419,11 +495,22 @@ def _environment(args: argparse.Namespace, device: torch.device) -> dict[str, An
     dtypes = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
     rates = {d: matmul_rate(d, device, n=args.matmul_size).gflops for d in dtypes}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    return {"torch": torch.__version__, "device": str(device), "device_name": name, "threads": torch.get_num_threads(),
-            "cpu": cpu_name(), "cpu_matrix_flags": cpu_matrix_flags(), "matmul_n": args.matmul_size,
-            "matmul_gflops": rates, "bf16_over_fp32": rates["bf16"] / rates["fp32"], "batch_size": args.batch_size,
-            "steps": args.steps, "warmup": args.warmup, "workers": args.workers,
-            "flops_note": "forward + backward per training image, torch.utils.flop_counter"}  # fmt: skip
+    return {
+        "torch": torch.__version__,
+        "device": str(device),
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_name(),
+        "cpu_matrix_flags": cpu_matrix_flags(),
+        "matmul_n": args.matmul_size,
+        "matmul_gflops": rates,
+        "bf16_over_fp32": rates["bf16"] / rates["fp32"],
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "workers": args.workers,
+        "flops_note": "forward + backward per training image, torch.utils.flop_counter",
+    }
 
 
 def _run_config(args: argparse.Namespace, name: str, env: dict[str, Any], runs: Path) -> dict[str, Any]:
@@ -437,11 +524,24 @@ def _run_config(args: argparse.Namespace, name: str, env: dict[str, Any], runs: 
         parts = [f"{n} {r.measures[n][-1].images_per_s:.1f}" for n in r.order]
         print(f"{name} round {r.count}: {', '.join(parts)} img/s", file=sys.stderr)
 
-    rounds = interleave(pipes, "conventional", min_rounds=args.min_rounds, max_rounds=args.max_rounds,
-                        tolerance=args.tolerance, on_round=shout)  # fmt: skip
+    rounds = interleave(
+        pipes,
+        "conventional",
+        min_rounds=args.min_rounds,
+        max_rounds=args.max_rounds,
+        tolerance=args.tolerance,
+        on_round=shout,
+    )
     rows = [_row(n, p, rounds, flops, env["matmul_gflops"], device, train_images) for n, p in pipes.items()]
-    out = {"config": name, "gflop_per_training_image": flops / 1e9, "rounds": rounds.count, "stable": rounds.stable,
-           "rows": rows, "compile": _compile_pays(rows), "profile": None}  # fmt: skip
+    out = {
+        "config": name,
+        "gflop_per_training_image": flops / 1e9,
+        "rounds": rounds.count,
+        "stable": rounds.stable,
+        "rows": rows,
+        "compile": _compile_pays(rows),
+        "profile": None,
+    }
     if args.profile:
         out["profile"] = profile(args, stem, size, runs, args.profile)
     return out
@@ -449,20 +549,30 @@ def _run_config(args: argparse.Namespace, name: str, env: dict[str, Any], runs: 
 
 def _print(env: dict[str, Any], results: list[dict[str, Any]], accuracy: dict[str, Any] | None) -> None:
     rates = env["matmul_gflops"]
-    print(f"{env['device_name']} ({', '.join(env['cpu_matrix_flags']) or 'no AMX/AVX-512 bf16'}), "
-          f"{env['threads']} threads, torch {env['torch']}")  # fmt: skip
+    print(
+        f"{env['device_name']} ({', '.join(env['cpu_matrix_flags']) or 'no AMX/AVX-512 bf16'}), "
+        f"{env['threads']} threads, torch {env['torch']}"
+    )
     listed = ", ".join(f"{k} {v:.0f}" for k, v in rates.items())
-    print(f"matmul n={env['matmul_n']}: {listed} GFLOP/s; bf16/fp32 = {env['bf16_over_fp32']:.2f}x "
-          "(the most bf16 alone can give)")  # fmt: skip
+    print(
+        f"matmul n={env['matmul_n']}: {listed} GFLOP/s; bf16/fp32 = {env['bf16_over_fp32']:.2f}x "
+        "(the most bf16 alone can give)"
+    )
     for res in results:
         status = "stable" if res["stable"] else f"NOT stable within the tolerance after {res['rounds']} rounds"
-        print(f"\n{res['config']}: {res['gflop_per_training_image']:.2f} GFLOP per training image; "
-              f"{res['rounds']} rounds, {status}")  # fmt: skip
-        print(f"{'pipeline':<20} {'prec':>5} {'img/s':>7} {'speed-up [IQR] (min-max)':>28} {'GFLOP/s':>8} "
-              f"{'% bf16 mm':>9} {'% own mm':>8}")  # fmt: skip
+        print(
+            f"\n{res['config']}: {res['gflop_per_training_image']:.2f} GFLOP per training image; "
+            f"{res['rounds']} rounds, {status}"
+        )
+        print(
+            f"{'pipeline':<20} {'prec':>5} {'img/s':>7} {'speed-up [IQR] (min-max)':>28} {'GFLOP/s':>8} "
+            f"{'% bf16 mm':>9} {'% own mm':>8}"
+        )
         for r in res["rows"]:
-            ratio = (f"{r['ratio_median']:.2f}x [{r['ratio_q1']:.2f}-{r['ratio_q3']:.2f}] "
-                     f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f})")  # fmt: skip
+            ratio = (
+                f"{r['ratio_median']:.2f}x [{r['ratio_q1']:.2f}-{r['ratio_q3']:.2f}] "
+                f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f})"
+            )
             print(
                 f"{r['pipeline']:<20} {r['precision']:>5} {r['images_per_s']:>7.1f} {ratio:>28} "
                 f"{r['gflops_per_s']:>8.0f} {r['share_of_bf16_matmul']:>9.0%} {r['share_of_own_dtype_matmul']:>8.0%}"
@@ -472,8 +582,10 @@ def _print(env: dict[str, Any], results: list[dict[str, Any]], accuracy: dict[st
         for p in res["profile"] or []:
             print(f"  {p['share']:>6.1%} {p['self_ms_per_step']:>8.1f} ms/step {p['calls']:>5} calls/step  {p['op']}")
     if accuracy:
-        print(f"\ntest top-1 after {accuracy['epochs']} epochs ({accuracy['config']}): conventional "
-              f"{accuracy['conventional_test_top1']:.4f}, cifar-resnet {accuracy['ours_test_top1']:.4f}")  # fmt: skip
+        print(
+            f"\ntest top-1 after {accuracy['epochs']} epochs ({accuracy['config']}): conventional "
+            f"{accuracy['conventional_test_top1']:.4f}, cifar-resnet {accuracy['ours_test_top1']:.4f}"
+        )
 
 
 def main() -> int:
@@ -491,8 +603,12 @@ def main() -> int:
             kw = {"epochs": args.accuracy_epochs, "batch": args.accuracy_batch_size, "lr": args.lr, "device": device}
             a = conventional_accuracy(args.data_dir, stem, size, workers=args.workers, **kw)
             b = ours_accuracy(args.data_dir, stem, size, runs=Path(tmp), **kw)
-        accuracy = {"config": args.accuracy_config, "epochs": args.accuracy_epochs, "conventional_test_top1": a,
-                    "ours_test_top1": b}  # fmt: skip
+        accuracy = {
+            "config": args.accuracy_config,
+            "epochs": args.accuracy_epochs,
+            "conventional_test_top1": a,
+            "ours_test_top1": b,
+        }
     if args.json:
         print(json.dumps({"environment": env, "results": results, "accuracy": accuracy}, indent=2))
     else:

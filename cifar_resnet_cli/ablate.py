@@ -74,8 +74,9 @@ class AblateResult(BaseModel):
     warnings: list[str]
 
 
-def ablate(settings: Settings, path: Path, *, limit: int | None = None, plot: Path | None = None,
-           tasks: Tasks | None = None) -> AblateResult:  # fmt: skip
+def ablate(
+    settings: Settings, path: Path, *, limit: int | None = None, plot: Path | None = None, tasks: Tasks | None = None
+) -> AblateResult:
     """Evaluate the checkpoint with each block's and each stage's residual branch removed."""
     device = resolve_device(settings.device)
     model, meta = load_model(path)
@@ -87,8 +88,15 @@ def ablate(settings: Settings, path: Path, *, limit: int | None = None, plot: Pa
     model.to(device).eval()
 
     def top1() -> float:
-        return evaluate_model(model, split, mean=meta.mean, std=meta.std, image_size=meta.image_size,
-                              num_classes=meta.num_classes, batch_size=settings.eval.batch_size).top1_acc  # fmt: skip
+        return evaluate_model(
+            model,
+            split,
+            mean=meta.mean,
+            std=meta.std,
+            image_size=meta.image_size,
+            num_classes=meta.num_classes,
+            batch_size=settings.eval.batch_size,
+        ).top1_acc
 
     candidates = [(f"{s}.{i}", "block", [f"{s}.{i}"]) for s in STAGES for i in range(len(getattr(model, s)))]
     candidates += [(s, "stage", [f"{s}.{i}" for i in range(len(getattr(model, s)))]) for s in STAGES]
@@ -115,7 +123,14 @@ def ablate(settings: Settings, path: Path, *, limit: int | None = None, plot: Pa
         except PlotUnavailable as exc:
             warnings.append(f"no plot: {exc}")
     return AblateResult(
-        checkpoint=str(path), dataset=data.name, synthetic=data.synthetic, split=settings.eval.split,
-        images=len(split), intact_top1=intact, rows=rows, plot=plotted, device=device_description(device),
+        checkpoint=str(path),
+        dataset=data.name,
+        synthetic=data.synthetic,
+        split=settings.eval.split,
+        images=len(split),
+        intact_top1=intact,
+        rows=rows,
+        plot=plotted,
+        device=device_description(device),
         warnings=warnings,
-    )  # fmt: skip
+    )

@@ -93,8 +93,10 @@ def _no_metadata(path: Path, where: str) -> CheckpointError:
 
 def _unreadable(path: Path, kind: str, exc: Exception) -> CheckpointError:
     first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-    return CheckpointError(f"{path} is not a readable {kind} archive ({type(exc).__name__}: {first})",
-                           "export it again with `cifar-resnet export`")  # fmt: skip
+    return CheckpointError(
+        f"{path} is not a readable {kind} archive ({type(exc).__name__}: {first})",
+        "export it again with `cifar-resnet export`",
+    )
 
 
 # ---- TorchScript ---------------------------------------------------------------------------------------
@@ -158,16 +160,22 @@ def probe_load(path: Path, device_type: str) -> None:
     try:
         done = subprocess.run(cmd, capture_output=True, timeout=PROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        raise LoaderCrashed(f"loading a {device_type} AOTInductor package did not finish in {PROBE_TIMEOUT_S} s "
-                            "(tried in a separate process)", fix) from None  # fmt: skip
+        raise LoaderCrashed(
+            f"loading a {device_type} AOTInductor package did not finish in {PROBE_TIMEOUT_S} s "
+            "(tried in a separate process)",
+            fix,
+        ) from None
     if done.returncode < 0:
         try:
             name = signal.Signals(-done.returncode).name
         except ValueError:
             name = f"signal {-done.returncode}"
-        raise LoaderCrashed(f"torch {torch.__version__}'s AOTInductor loader crashed ({name}) loading a "
-                            f"{device_type} package (tried in a separate process, so nothing else was lost): a "
-                            "fault in torch's native loader", fix)  # fmt: skip
+        raise LoaderCrashed(
+            f"torch {torch.__version__}'s AOTInductor loader crashed ({name}) loading a "
+            f"{device_type} package (tried in a separate process, so nothing else was lost): a "
+            "fault in torch's native loader",
+            fix,
+        )
 
 
 class AotiRunner:
@@ -177,8 +185,10 @@ class AotiRunner:
         data = pt2_metadata(path)
         built_for = data.get("export_device", "cpu")
         if built_for != device.type:
-            raise CheckpointError(f"{path} was compiled for {built_for} and cannot run on {device.type}",
-                                  f"run it with --device {built_for}, or export it again on {device.type}")  # fmt: skip
+            raise CheckpointError(
+                f"{path} was compiled for {built_for} and cannot run on {device.type}",
+                f"run it with --device {built_for}, or export it again on {device.type}",
+            )
         if device.type in PROBED_DEVICE_TYPES:
             probe_load(path, device.type)
         try:
@@ -271,8 +281,14 @@ def read_metadata(path: Path) -> dict:
     return zip_metadata(path, "TorchScript")
 
 
-def load_archive(path: Path, device: torch.device | str = "cpu", *, optimize: bool = True, runtime: str = "onnxruntime",
-                 kind: str | None = None) -> tuple[Runner, WeightsMeta, dict]:  # fmt: skip
+def load_archive(
+    path: Path,
+    device: torch.device | str = "cpu",
+    *,
+    optimize: bool = True,
+    runtime: str = "onnxruntime",
+    kind: str | None = None,
+) -> tuple[Runner, WeightsMeta, dict]:
     """Any archive ``export`` writes, as (callable, metadata, raw metadata dict).
 
     ONNX archives run on the CPU (``runtime``: onnxruntime or openvino); inputs on another device are
@@ -291,8 +307,9 @@ def load_archive(path: Path, device: torch.device | str = "cpu", *, optimize: bo
     return load_torchscript(path, device, optimize=optimize)
 
 
-def load_for_inference(path: Path, device: torch.device | str = "cpu", *,
-                       runtime: str = "onnxruntime") -> tuple[Runner, WeightsMeta]:  # fmt: skip
+def load_for_inference(
+    path: Path, device: torch.device | str = "cpu", *, runtime: str = "onnxruntime"
+) -> tuple[Runner, WeightsMeta]:
     """Any model file a command may be given, ready to call: one of our ``.safetensors`` checkpoints (an
     eager ResNet34 in eval mode on ``device``) or any archive ``export`` writes."""
     if is_archive(path):

@@ -27,8 +27,22 @@ import torch.nn.functional as F
 POLICIES = ("none", "trivialaugment", "randaugment")
 BINS = 31
 RANDAUGMENT_OPS, RANDAUGMENT_MAGNITUDE = 2, 9  # torchvision's defaults
-OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color", "contrast",
-       "sharpness", "posterize", "solarize", "autocontrast", "equalize")  # fmt: skip
+OPS = (
+    "identity",
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+    "rotate",
+    "brightness",
+    "color",
+    "contrast",
+    "sharpness",
+    "posterize",
+    "solarize",
+    "autocontrast",
+    "equalize",
+)
 SIGNED = {"shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color", "contrast", "sharpness"}
 GEOMETRIC = ("shear_x", "shear_y", "translate_x", "translate_y", "rotate")
 
@@ -39,10 +53,19 @@ def _ranges(policy: str, size: int) -> dict[str, tuple[float, float]]:
         enhance, shear, translate, rotate, bits = 0.99, 0.99, 32.0, 135.0, 2.0
     else:  # RandAugment
         enhance, shear, translate, rotate, bits = 0.9, 0.3, 150.0 / 331.0 * size, 30.0, 4.0
-    return {"shear_x": (0.0, shear), "shear_y": (0.0, shear), "translate_x": (0.0, translate),
-            "translate_y": (0.0, translate), "rotate": (0.0, rotate), "brightness": (0.0, enhance),
-            "color": (0.0, enhance), "contrast": (0.0, enhance), "sharpness": (0.0, enhance),
-            "posterize": (8.0, bits), "solarize": (1.0, 0.0)}  # fmt: skip
+    return {
+        "shear_x": (0.0, shear),
+        "shear_y": (0.0, shear),
+        "translate_x": (0.0, translate),
+        "translate_y": (0.0, translate),
+        "rotate": (0.0, rotate),
+        "brightness": (0.0, enhance),
+        "color": (0.0, enhance),
+        "contrast": (0.0, enhance),
+        "sharpness": (0.0, enhance),
+        "posterize": (8.0, bits),
+        "solarize": (1.0, 0.0),
+    }
 
 
 def auto_augment(images: torch.Tensor, policy: str, generator: torch.Generator) -> torch.Tensor:
@@ -65,8 +88,9 @@ def auto_augment(images: torch.Tensor, policy: str, generator: torch.Generator) 
     return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def _apply_round(x: torch.Tensor, op: torch.Tensor, level: torch.Tensor, sign: torch.Tensor,
-                 ranges: dict[str, tuple[float, float]]) -> torch.Tensor:  # fmt: skip
+def _apply_round(
+    x: torch.Tensor, op: torch.Tensor, level: torch.Tensor, sign: torch.Tensor, ranges: dict[str, tuple[float, float]]
+) -> torch.Tensor:
     device = x.device
     out = x.clone()
     for i, name in enumerate(OPS):
@@ -122,9 +146,11 @@ def _blend(degenerate: torch.Tensor, x: torch.Tensor, m: torch.Tensor) -> torch.
 
 def _sharpness(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     kernel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], device=x.device) / 13.0
-    smooth = F.conv2d(x.reshape(-1, 1, *x.shape[-2:]), kernel.view(1, 1, 3, 3)).round().reshape(
-        len(x), 3, x.shape[-2] - 2, x.shape[-1] - 2
-    )  # fmt: skip
+    smooth = (
+        F.conv2d(x.reshape(-1, 1, *x.shape[-2:]), kernel.view(1, 1, 3, 3))
+        .round()
+        .reshape(len(x), 3, x.shape[-2] - 2, x.shape[-1] - 2)
+    )
     degenerate = x.clone()
     degenerate[..., 1:-1, 1:-1] = smooth  # PIL's SMOOTH filter leaves the border as it was
     return _blend(degenerate, x, m)
@@ -173,8 +199,14 @@ _OPERATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 }
 
 
-def random_erase(x: torch.Tensor, prob: float, generator: torch.Generator, *, scale: tuple[float, float] = (0.02, 0.33),
-                 ratio: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:  # fmt: skip
+def random_erase(
+    x: torch.Tensor,
+    prob: float,
+    generator: torch.Generator,
+    *,
+    scale: tuple[float, float] = (0.02, 0.33),
+    ratio: tuple[float, float] = (0.3, 3.3),
+) -> torch.Tensor:
     """Random erasing (Zhong et al., 2020, https://arxiv.org/abs/1708.04896) of normalised images:
     with probability ``prob`` per image, one rectangle of ``scale`` of the area and aspect ``ratio``
     is replaced by standard-normal noise (timm's "pixel" mode; 0 would be the mean colour)."""

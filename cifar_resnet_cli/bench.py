@@ -134,8 +134,15 @@ def time_variant(fn, x: torch.Tensor, device: torch.device, *, warmup: int, iter
     return cold, times
 
 
-def _make(model: torch.nn.Module, variant: str, example: torch.Tensor, dtype: str, layout: str,
-          workshop: Workshop, row: Timing) -> torch.nn.Module:  # fmt: skip
+def _make(
+    model: torch.nn.Module,
+    variant: str,
+    example: torch.Tensor,
+    dtype: str,
+    layout: str,
+    workshop: Workshop,
+    row: Timing,
+) -> torch.nn.Module:
     channels_last = layout == "nhwc"
     if variant in RUNTIME_VARIANTS:
         fn, row.build_s = workshop.build(variant, dtype, layout, example.device)
@@ -161,16 +168,37 @@ def _error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {first}"
 
 
-def _time_combo(index: int, variant: str, dtype: str, layout: str, is_base: bool, model: torch.nn.Module,
-                example: torch.Tensor, inputs: dict[int, torch.Tensor], references: dict[int, torch.Tensor],
-                device: torch.device, b: BenchSettings, tamper: str | None, timings: list[Timing],
-                raw: dict[tuple[int, int], list[float]], workshop: Workshop, bar: Tasks) -> None:  # fmt: skip
+def _time_combo(
+    index: int,
+    variant: str,
+    dtype: str,
+    layout: str,
+    is_base: bool,
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    inputs: dict[int, torch.Tensor],
+    references: dict[int, torch.Tensor],
+    device: torch.device,
+    b: BenchSettings,
+    tamper: str | None,
+    timings: list[Timing],
+    raw: dict[tuple[int, int], list[float]],
+    workshop: Workshop,
+    bar: Tasks,
+) -> None:
     """Build one variant (compiling it, for ``compile``) and time it at every batch size."""
     atol, min_agree = tolerances(dtype, None, None)
     fn, build_s = None, None
     for batch, x in inputs.items():
-        row = Timing(variant=variant, dtype=dtype, layout=layout, batch_size=batch, image_size=x.shape[-1],
-                     device=device_description(device), baseline=is_base)  # fmt: skip
+        row = Timing(
+            variant=variant,
+            dtype=dtype,
+            layout=layout,
+            batch_size=batch,
+            image_size=x.shape[-1],
+            device=device_description(device),
+            baseline=is_base,
+        )
         try:
             if fn is None:  # built once per variant, timed at every batch size
                 fn = _make(model, variant, example, dtype, layout, workshop, row)
@@ -193,8 +221,14 @@ def _time_combo(index: int, variant: str, dtype: str, layout: str, is_base: bool
         bar.advance()
 
 
-def benchmark(settings: Settings, path: Path | None = None, *, csv_path: Path | None = None,
-              tamper: str | None = None, tasks: Tasks | None = None) -> BenchResult:  # fmt: skip
+def benchmark(
+    settings: Settings,
+    path: Path | None = None,
+    *,
+    csv_path: Path | None = None,
+    tamper: str | None = None,
+    tasks: Tasks | None = None,
+) -> BenchResult:
     """Time every requested variant x dtype x layout x batch size; compare each with eager fp32.
 
     ``tamper`` (tests only) names a variant whose output is made wrong, to show it is caught.
@@ -230,17 +264,35 @@ def benchmark(settings: Settings, path: Path | None = None, *, csv_path: Path | 
     if skipped:
         warnings.append(f"not timed, cannot exist: {'; '.join(skipped)}")
     if "int8" in b.dtypes:
-        warnings.append("int8 rows are calibrated on random inputs like the timed ones, so their agreement is "
-                        "indicative only; `export --dtype int8` calibrates on real images and measures the accuracy "
-                        "drop on held-out ones")  # fmt: skip
+        warnings.append(
+            "int8 rows are calibrated on random inputs like the timed ones, so their agreement is "
+            "indicative only; `export --dtype int8` calibrates on real images and measures the accuracy "
+            "drop on held-out ones"
+        )
     calibration = list(torch.randn(64, 3, size, size, generator=gen).split(16))
     workshop = Workshop(model, example, calibration)
     raw: dict[tuple[int, int], list[float]] = {}  # (combo index, batch) -> call times
     try:
         for index, (variant, dtype, layout, is_base) in enumerate(combos):
             with task(tasks, f"{variant} {dtype} {layout}: build, warm up, time", len(inputs)) as bar:
-                _time_combo(index, variant, dtype, layout, is_base, model, example, inputs, references, device, b,
-                            tamper, timings, raw, workshop, bar)  # fmt: skip
+                _time_combo(
+                    index,
+                    variant,
+                    dtype,
+                    layout,
+                    is_base,
+                    model,
+                    example,
+                    inputs,
+                    references,
+                    device,
+                    b,
+                    tamper,
+                    timings,
+                    raw,
+                    workshop,
+                    bar,
+                )
     finally:
         workshop.close()
     for row in timings:  # speed-up over eager fp32 at the same batch size, with its spread (IQR)
@@ -256,15 +308,27 @@ def benchmark(settings: Settings, path: Path | None = None, *, csv_path: Path | 
         if ok:
             best = min(ok, key=lambda t: t.median_s or 0)
             fastest[str(batch)] = FastestVariant(
-                batch_size=batch, variant=best.variant, dtype=best.dtype, layout=best.layout,
-                median_s=best.median_s or 0.0, images_per_s=best.images_per_s or 0.0, speedup=best.speedup or 0.0,
-            )  # fmt: skip
+                batch_size=batch,
+                variant=best.variant,
+                dtype=best.dtype,
+                layout=best.layout,
+                median_s=best.median_s or 0.0,
+                images_per_s=best.images_per_s or 0.0,
+                speedup=best.speedup or 0.0,
+            )
     env = _environment(settings, device, stem=model.stem, size=size, timings=timings)
     if csv_path is not None:
         _write_csv(csv_path, timings)
-    return BenchResult(checkpoint=str(path) if path else None, random_init=path is None, environment=env,
-                       timings=timings, fastest_correct=fastest, source_reference=SOURCE_TABLE,
-                       csv=str(csv_path) if csv_path else None, warnings=warnings)  # fmt: skip
+    return BenchResult(
+        checkpoint=str(path) if path else None,
+        random_init=path is None,
+        environment=env,
+        timings=timings,
+        fastest_correct=fastest,
+        source_reference=SOURCE_TABLE,
+        csv=str(csv_path) if csv_path else None,
+        warnings=warnings,
+    )
 
 
 def _combos(b: BenchSettings, device: torch.device) -> tuple[list[tuple[str, str, str, bool]], list[str]]:
@@ -290,15 +354,23 @@ def _write_csv(path: Path, timings: list[Timing]) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def _environment(settings: Settings, device: torch.device, *, stem: str, size: int,
-                 timings: list[Timing]) -> Environment:  # fmt: skip
+def _environment(
+    settings: Settings, device: torch.device, *, stem: str, size: int, timings: list[Timing]
+) -> Environment:
     """Where the timings ran, and the device's limit: the rate of an n x n matmul in each dtype that
     was timed (measured after the timings, so it does not warm the device for them), and every row's
     share of it."""
     b = settings.bench
-    env = Environment(torch=torch.__version__, device=device_description(device), threads=torch.get_num_threads(),
-                      cpu=cpu_name(), cpu_flags=cpu_matrix_flags(), python=platform.python_version(),
-                      warmup=b.warmup, iters=b.iters)  # fmt: skip
+    env = Environment(
+        torch=torch.__version__,
+        device=device_description(device),
+        threads=torch.get_num_threads(),
+        cpu=cpu_name(),
+        cpu_flags=cpu_matrix_flags(),
+        python=platform.python_version(),
+        warmup=b.warmup,
+        iters=b.iters,
+    )
     if not b.peak_matmul:
         return env
     flops = model_flops(stem, size, training=False)
@@ -313,8 +385,7 @@ def _environment(settings: Settings, device: torch.device, *, stem: str, size: i
     return env
 
 
-def _archive_runners(path: Path, device: torch.device) -> tuple[list[tuple[str, object]], WeightsMeta, dict,
-                                                                list[str]]:  # fmt: skip
+def _archive_runners(path: Path, device: torch.device) -> tuple[list[tuple[str, object]], WeightsMeta, dict, list[str]]:
     """(label, callable) for each runtime that runs this archive here: ONNX files in ONNX Runtime and, when
     installed, OpenVINO; TorchScript and AOTInductor in torch."""
     module, meta, extra = load_archive(path, device)
@@ -329,8 +400,9 @@ def _archive_runners(path: Path, device: torch.device) -> tuple[list[tuple[str, 
     return runners, meta, extra, notes
 
 
-def _benchmark_archive(settings: Settings, path: Path, device: torch.device, csv_path: Path | None,
-                       tasks: Tasks | None) -> BenchResult:  # fmt: skip
+def _benchmark_archive(
+    settings: Settings, path: Path, device: torch.device, csv_path: Path | None, tasks: Tasks | None
+) -> BenchResult:
     """Time an archive from ``export`` as it will be shipped: exactly that file, loaded as our loaders
     load it (an ONNX file by each installed runtime), at every batch size. It carries no eager model, so
     there is nothing to compare it with."""
@@ -343,8 +415,14 @@ def _benchmark_archive(settings: Settings, path: Path, device: torch.device, csv
     timings = []
     for label, fn in runners:
         for batch, x in inputs.items():
-            row = Timing(variant=label, dtype=extra.get("export_dtype", "?"), layout=layout, batch_size=batch,
-                         image_size=size, device=device_description(device))  # fmt: skip
+            row = Timing(
+                variant=label,
+                dtype=extra.get("export_dtype", "?"),
+                layout=layout,
+                batch_size=batch,
+                image_size=size,
+                device=device_description(device),
+            )
             try:
                 with task(tasks, f"{row.variant} {row.dtype} {layout}, batch {batch}: warm up, time", None):
                     cold, times = time_variant(fn, x, device, warmup=b.warmup, iters=b.iters)
@@ -356,9 +434,18 @@ def _benchmark_archive(settings: Settings, path: Path, device: torch.device, csv
             timings.append(row)
     if csv_path is not None:
         _write_csv(csv_path, timings)
-    warnings.append(f"{path} is an archive: it is timed alone (no eager model inside it to compare with); bench "
-                    "the checkpoint it was exported from for speed-ups and agreement")  # fmt: skip
+    warnings.append(
+        f"{path} is an archive: it is timed alone (no eager model inside it to compare with); bench "
+        "the checkpoint it was exported from for speed-ups and agreement"
+    )
     env = _environment(settings, device, stem=meta.stem, size=size, timings=timings)
-    return BenchResult(checkpoint=str(path), random_init=False, environment=env,
-                       timings=timings, fastest_correct={}, source_reference=SOURCE_TABLE,
-                       csv=str(csv_path) if csv_path else None, warnings=warnings)  # fmt: skip
+    return BenchResult(
+        checkpoint=str(path),
+        random_init=False,
+        environment=env,
+        timings=timings,
+        fastest_correct={},
+        source_reference=SOURCE_TABLE,
+        csv=str(csv_path) if csv_path else None,
+        warnings=warnings,
+    )

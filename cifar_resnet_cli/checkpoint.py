@@ -68,9 +68,14 @@ class Generation:
     ema: dict[str, torch.Tensor] | None = None
 
 
-def state_bytes(weights: dict[str, torch.Tensor], meta: WeightsMeta, optimizer: torch.optim.Optimizer,
-                scaler: torch.amp.GradScaler | None, progress: Progress,
-                ema: dict[str, torch.Tensor] | None = None) -> bytes:  # fmt: skip
+def state_bytes(
+    weights: dict[str, torch.Tensor],
+    meta: WeightsMeta,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    progress: Progress,
+    ema: dict[str, torch.Tensor] | None = None,
+) -> bytes:
     """One generation as safetensors bytes, with a digest of every tensor in its header."""
     opt = optimizer.state_dict()
     tensors = {f"model.{k}": v for k, v in weights.items()}
@@ -103,8 +108,10 @@ def read_generation(run_dir: Path) -> Generation:
     """The run's checkpoint, checked: readable, this format, digest right, weights finite."""
     path = run_dir / rundir.LAST_STATE
     if not path.is_file():
-        raise CheckpointError(f"{path} is missing: {run_dir} has no checkpoint to resume from",
-                              "start a new run (a run killed before its first checkpoint has none)")  # fmt: skip
+        raise CheckpointError(
+            f"{path} is missing: {run_dir} has no checkpoint to resume from",
+            "start a new run (a run killed before its first checkpoint has none)",
+        )
     try:
         data = path.read_bytes()
         tensors = st_load(data)
@@ -169,8 +176,16 @@ def meta_at(template: WeightsMeta, progress: Progress) -> WeightsMeta:
 class Checkpointer:
     """Saves generations of one run (rank 0 writes; every rank checks) and names the last good one."""
 
-    def __init__(self, run_dir: Path, template: WeightsMeta, *, write: bool, sinks: MetricsSinks | None = None,
-                 best_from_ema: bool = False, keep_top_k: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        run_dir: Path,
+        template: WeightsMeta,
+        *,
+        write: bool,
+        sinks: MetricsSinks | None = None,
+        best_from_ema: bool = False,
+        keep_top_k: int = 0,
+    ) -> None:
         self.run_dir, self.template, self.write = run_dir, template, write
         self.sinks = sinks or MetricsSinks(run_dir, tensorboard=False)
         self.best_from_ema, self.keep_top_k = best_from_ema, keep_top_k
@@ -181,18 +196,29 @@ class Checkpointer:
             return "none was saved yet"
         return f"{self.run_dir / rundir.LAST} ({self.committed.where()})"
 
-    def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-             progress: Progress, ema: dict[str, torch.Tensor] | None = None) -> None:  # fmt: skip
+    def save(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler | None,
+        progress: Progress,
+        ema: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         """Commit a generation, then derive last, best, top-k and metrics.jsonl from it.
 
         Non-finite weights or optimiser state are never written: the run stops with the last good
         checkpoint named instead.
         """
         weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        bad = nonfinite_tensors(weights) or nonfinite_tensors(ema or {}) or [
-            f"optimizer state {i}" for i, s in optimizer.state_dict()["state"].items()
-            if nonfinite_tensors({k: v for k, v in s.items() if isinstance(v, torch.Tensor)})
-        ]  # fmt: skip
+        bad = (
+            nonfinite_tensors(weights)
+            or nonfinite_tensors(ema or {})
+            or [
+                f"optimizer state {i}"
+                for i, s in optimizer.state_dict()["state"].items()
+                if nonfinite_tensors({k: v for k, v in s.items() if isinstance(v, torch.Tensor)})
+            ]
+        )
         if bad:
             raise TrainingDiverged(
                 f"the weights became non-finite ({', '.join(bad[:3])}) by {progress.where()}; they were not saved; "
@@ -214,8 +240,15 @@ class Checkpointer:
             return []
         return self._derive(gen.weights, gen.ema, meta_at(self.template, gen.progress), gen.progress, only_stale=True)
 
-    def _derive(self, weights: dict[str, torch.Tensor], ema: dict[str, torch.Tensor] | None, meta: WeightsMeta,
-                p: Progress, *, only_stale: bool) -> list[str]:  # fmt: skip
+    def _derive(
+        self,
+        weights: dict[str, torch.Tensor],
+        ema: dict[str, torch.Tensor] | None,
+        meta: WeightsMeta,
+        p: Progress,
+        *,
+        only_stale: bool,
+    ) -> list[str]:
         scored = ema if ema is not None and self.best_from_ema else weights  # what validation measured
         epoch_end = p.step_in_epoch == 0 and p.epoch > 0
         wanted = [(rundir.LAST, weights), *([(rundir.LAST_EMA, ema)] if ema is not None else [])]
@@ -237,8 +270,10 @@ class Checkpointer:
         """The ``keep_top_k`` best finished epochs by validation top-1 (the later ones without validation)."""
         if not self.keep_top_k:
             return []
-        rows = [(h.get("val_top1") if h.get("val_top1") is not None else h["epoch"], -h["epoch"], h["epoch"])
-                for h in p.history]  # fmt: skip
+        rows = [
+            (h.get("val_top1") if h.get("val_top1") is not None else h["epoch"], -h["epoch"], h["epoch"])
+            for h in p.history
+        ]
         return [epoch for *_, epoch in sorted(rows, reverse=True)[: self.keep_top_k]]
 
     def _prune_top(self, p: Progress) -> None:
@@ -297,8 +332,11 @@ def stop_on_signals(note: Callable[[str], None]) -> Iterator[StopRequest]:
 
     def handler(signum: int, _frame: Any) -> None:
         if request.signum is not None:
-            raise TrainingInterrupted(f"stopped at once by a second {signal.Signals(signum).name}; the last "
-                                      "checkpoint is intact", request.resume_hint, signum=signum)  # fmt: skip
+            raise TrainingInterrupted(
+                f"stopped at once by a second {signal.Signals(signum).name}; the last checkpoint is intact",
+                request.resume_hint,
+                signum=signum,
+            )
         request.signum = signum
         note(f"{request.name}: saving a resumable state after this step (send it again to stop at once)")
 

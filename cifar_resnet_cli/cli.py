@@ -771,8 +771,13 @@ def eval_cmd(
         "device": device,
     }
     with report.TaskBars() as bars:
-        result = _run(ctx, flags, lambda s: evaluate_checkpoint(s, checkpoint, confusion=confusion,
-                                                                confusion_plot=confusion_plot, tasks=bars))  # fmt: skip
+        result = _run(
+            ctx,
+            flags,
+            lambda s: evaluate_checkpoint(
+                s, checkpoint, confusion=confusion, confusion_plot=confusion_plot, tasks=bars
+            ),
+        )
     report.print_warnings(result.warnings)
     if json:
         report.print_json(result)
@@ -951,16 +956,25 @@ def export_cmd(
         "device": device,
         "onnx_runtime": onnx_runtime,
     }
-    int8_only = [flag for flag, value in (("--calibration-images", calibration_images),
-                                          ("--max-accuracy-drop", max_accuracy_drop),
-                                          ("--weight-rounding", weight_rounding),
-                                          ("--max-float-layers", max_float_layers)) if value is not None]  # fmt: skip
+    int8_only = [
+        flag
+        for flag, value in (
+            ("--calibration-images", calibration_images),
+            ("--max-accuracy-drop", max_accuracy_drop),
+            ("--weight-rounding", weight_rounding),
+            ("--max-float-layers", max_float_layers),
+        )
+        if value is not None
+    ]
 
     def core(settings):
         if int8_only and settings.export.dtype != "int8":
             verb = "applies" if len(int8_only) == 1 else "apply"
-            raise typer.BadParameter(f"{', '.join(int8_only)} only {verb} to int8 archives; this export is "
-                                     f"{settings.export.dtype} (add --dtype int8)", ctx=ctx)  # fmt: skip
+            raise typer.BadParameter(
+                f"{', '.join(int8_only)} only {verb} to int8 archives; this export is "
+                f"{settings.export.dtype} (add --dtype int8)",
+                ctx=ctx,
+            )
         return export_model(settings, checkpoint, force=force, tasks=bars)
 
     with report.TaskBars(keep=True) as bars:
@@ -1117,10 +1131,21 @@ def predict_cmd(
 
     flags = {"device": device, "onnx_runtime": onnx_runtime}
     with report.TaskBars() as bars:
-        result = _run(ctx, flags, lambda s: predict_images(
-            s, model, images, recursive=recursive, top_k=top_k, resize=resize.value, batch_size=batch_size,
-            csv_path=csv, tasks=bars,
-        ))  # fmt: skip
+        result = _run(
+            ctx,
+            flags,
+            lambda s: predict_images(
+                s,
+                model,
+                images,
+                recursive=recursive,
+                top_k=top_k,
+                resize=resize.value,
+                batch_size=batch_size,
+                csv_path=csv,
+                tasks=bars,
+            ),
+        )
     report.print_warnings(result.warnings)
     if json:
         report.print_json(result)
@@ -1128,8 +1153,12 @@ def predict_cmd(
         report.render_predict(result)
     if result.failed:
         where = 'each failed file\'s "error" field in the JSON' if json else "the error column"
-        _fail(ctx, CifarResnetError(f"{result.failed} of {len(result.predictions)} files could not be classified",
-                                    f"see {where}"))  # fmt: skip
+        _fail(
+            ctx,
+            CifarResnetError(
+                f"{result.failed} of {len(result.predictions)} files could not be classified", f"see {where}"
+            ),
+        )
 
 
 @app.command("ablate", cls=_Command)
@@ -1164,8 +1193,14 @@ def ablate_cmd(
     from . import report
     from .ablate import ablate
 
-    flags = {"eval.split": split, "data.dataset": dataset, "data.data_dir": data_dir, "data.download": download,
-             "eval.batch_size": batch_size, "device": device}  # fmt: skip
+    flags = {
+        "eval.split": split,
+        "data.dataset": dataset,
+        "data.data_dir": data_dir,
+        "data.download": download,
+        "eval.batch_size": batch_size,
+        "device": device,
+    }
     with report.TaskBars() as bars:
         result = _run(ctx, flags, lambda s: ablate(s, checkpoint, limit=limit, plot=plot, tasks=bars))
     report.print_warnings(result.warnings)

@@ -66,13 +66,19 @@ def compare_runs(run_dirs: list[Path], *, sort: str = "best_val_top1", plot: Pat
     for path, settings, history, summary in runs:
         vals = [h["val_top1"] for h in history if h.get("val_top1") is not None]
         best = max(vals) if vals else None
-        rows.append(RunRow(
-            run=str(path), settings={k: settings.get(k) for k in differing}, best_val_top1=best,
-            best_epoch=next((h["epoch"] for h in history if h.get("val_top1") == best), None) if vals else None,
-            test_top1=summary["test_top1"] if summary else None, epochs=len(history),
-            time_s=summary["train_time_s"] if summary else sum(h["epoch_time_s"] for h in history),
-            images_per_s=summary["images_per_s"] if summary else None, finished=summary is not None,
-        ))  # fmt: skip
+        rows.append(
+            RunRow(
+                run=str(path),
+                settings={k: settings.get(k) for k in differing},
+                best_val_top1=best,
+                best_epoch=next((h["epoch"] for h in history if h.get("val_top1") == best), None) if vals else None,
+                test_top1=summary["test_top1"] if summary else None,
+                epochs=len(history),
+                time_s=summary["train_time_s"] if summary else sum(h["epoch_time_s"] for h in history),
+                images_per_s=summary["images_per_s"] if summary else None,
+                finished=summary is not None,
+            )
+        )
     if sort == "run":
         rows.sort(key=lambda r: r.run)
     else:

@@ -137,8 +137,11 @@ CIFAR_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, flo
 # An image folder's classes are its folder names: known only once it is read.
 DEFAULT_NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "synthetic": 10}
 ALLOWED_NUM_CLASSES: dict[str, tuple[int, ...] | None] = {
-    "cifar10": (10,), "cifar100": (100,), "synthetic": (10, 100), "folder": None,
-}  # fmt: skip
+    "cifar10": (10,),
+    "cifar100": (100,),
+    "synthetic": (10, 100),
+    "folder": None,
+}
 
 
 def class_names(dataset: str, num_classes: int) -> tuple[str, ...]:

@@ -57,9 +57,13 @@ class Layout:
 
 
 CIFAR10_LAYOUT = Layout(
-    "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "batches.meta",
-    "labels", "label_names",
-)  # fmt: skip
+    "cifar-10-batches-py",
+    tuple(f"data_batch_{i}" for i in range(1, 6)),
+    ("test_batch",),
+    "batches.meta",
+    "labels",
+    "label_names",
+)
 CIFAR100_LAYOUT = Layout("cifar-100-python", ("train",), ("test",), "meta", "fine_labels", "fine_label_names")
 SYNTHETIC_VERSION = 1
 
@@ -95,8 +99,16 @@ class _SafeUnpickler(pickle.Unpickler):
         raise _ForbiddenGlobal(f"global {module}.{name} is not allowed in a CIFAR batch")
 
 
-_CORRUPT = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            UnicodeDecodeError)  # fmt: skip
+_CORRUPT = (
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    KeyError,
+    UnicodeDecodeError,
+)
 
 
 def _unpickle(path: Path) -> dict:
@@ -173,8 +185,9 @@ class CifarData:
     skipped: tuple[str, ...] = ()  # image folders: every file that was not read, "path (reason)"
 
     def to(self, device: torch.device) -> CifarData:
-        return dataclasses.replace(self, train=self.train.to(device), val=self.val.to(device),
-                                   test=self.test.to(device))  # fmt: skip
+        return dataclasses.replace(
+            self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device)
+        )
 
 
 def default_data_dir() -> Path:
@@ -309,8 +322,10 @@ def write_synthetic(data_dir: Path, *, num_classes: int, train_size: int, seed: 
         }
 
     sizes = np.array_split(np.arange(train_size), len(layout.train_files))
-    files = {name: batch(len(part), f"synthetic training batch {i + 1}") for i, (name, part) in
-             enumerate(zip(layout.train_files, sizes, strict=True))}  # fmt: skip
+    files = {
+        name: batch(len(part), f"synthetic training batch {i + 1}")
+        for i, (name, part) in enumerate(zip(layout.train_files, sizes, strict=True))
+    }
     files[layout.test_files[0]] = batch(test_size, "synthetic test batch")
     files[layout.meta_file] = {layout.names_key: names, "synthetic": True, "version": SYNTHETIC_VERSION}
     for name, obj in files.items():
@@ -346,8 +361,15 @@ def run_data_settings(checkpoint: Path | None) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def load_image_folder(root: Path, image_size: int, *, val_size: int | None, val_size_chosen: bool, split_seed: int,
-                      tasks: Tasks | None = None) -> CifarData:  # fmt: skip
+def load_image_folder(
+    root: Path,
+    image_size: int,
+    *,
+    val_size: int | None,
+    val_size_chosen: bool,
+    split_seed: int,
+    tasks: Tasks | None = None,
+) -> CifarData:
     """An image-folder dataset: train/ (validation drawn from it unless val/ exists) and test/ if any."""
     from .folders import DEFAULT_VAL_FRACTION, read_folder  # Pillow is imported only for folders
 
@@ -356,8 +378,10 @@ def load_image_folder(root: Path, image_size: int, *, val_size: int | None, val_
     if "val" in found.images:
         val = ImageSet(found.images["val"], found.labels["val"])
         if val_size_chosen and val_size != len(val):  # equal: a resumed run's own settings
-            raise DataError(f"--val-size {val_size}: {root / 'val'} is this dataset's validation set",
-                            "drop --val-size, or remove val/ to hold out part of train/ instead")  # fmt: skip
+            raise DataError(
+                f"--val-size {val_size}: {root / 'val'} is this dataset's validation set",
+                "drop --val-size, or remove val/ to hold out part of train/ instead",
+            )
     else:
         size = val_size if val_size is not None else max(1, round(len(train) * DEFAULT_VAL_FRACTION))
         train, val = split_train_val(train, size, split_seed)
@@ -371,8 +395,9 @@ def load_image_folder(root: Path, image_size: int, *, val_size: int | None, val_
     return CifarData("folder", found.classes, train, val, test, root, False, tuple(notes), skipped)
 
 
-def load_data_for(settings: Settings, meta: WeightsMeta | None = None, checkpoint: Path | None = None,
-                  tasks: Tasks | None = None) -> CifarData:  # fmt: skip
+def load_data_for(
+    settings: Settings, meta: WeightsMeta | None = None, checkpoint: Path | None = None, tasks: Tasks | None = None
+) -> CifarData:
     """The dataset a command works on; for a checkpoint, its own dataset and split unless the user set
     one, and for a checkpoint inside a run folder, that run's data folder and download choice too."""
     d = settings.data
@@ -392,14 +417,23 @@ def load_data_for(settings: Settings, meta: WeightsMeta | None = None, checkpoin
             raise DataError("--dataset folder needs --data-dir DIR, the folder that holds train/<class>/", LAYOUT_HINT)
         image_size = meta.image_size if meta is not None else settings.model.image_size
         val_size = d.val_size if "val_size" in chosen else (meta.val_size if meta is not None else None)
-        return load_image_folder(data_dir, image_size, val_size=val_size, val_size_chosen="val_size" in chosen,
-                                 split_seed=from_meta("split_seed"), tasks=tasks)  # fmt: skip
+        return load_image_folder(
+            data_dir,
+            image_size,
+            val_size=val_size,
+            val_size_chosen="val_size" in chosen,
+            split_seed=from_meta("split_seed"),
+            tasks=tasks,
+        )
     return load_cifar(
-        dataset_for(settings, meta), data_dir or default_data_dir(), download=download,
-        val_size=from_meta("val_size"), split_seed=from_meta("split_seed"),
+        dataset_for(settings, meta),
+        data_dir or default_data_dir(),
+        download=download,
+        val_size=from_meta("val_size"),
+        split_seed=from_meta("split_seed"),
         num_classes=meta.num_classes if meta is not None else settings.num_classes,
         synthetic_size=from_meta("synthetic_size"),
-    )  # fmt: skip
+    )
 
 
 def settings_for_data(settings: Settings, data: CifarData) -> Settings:
@@ -409,8 +443,10 @@ def settings_for_data(settings: Settings, data: CifarData) -> Settings:
         return settings
     n = len(data.classes)
     if settings.model.num_classes not in (None, n):
-        raise DataError(f"model.num_classes {settings.model.num_classes}: {data.folder} has {n} class folders",
-                        "drop num_classes from the settings: a folder's classes are its folder names")  # fmt: skip
+        raise DataError(
+            f"model.num_classes {settings.model.num_classes}: {data.folder} has {n} class folders",
+            "drop num_classes from the settings: a folder's classes are its folder names",
+        )
     model = settings.model.model_copy(update={"num_classes": n})
     split = settings.data.model_copy(update={"val_size": len(data.val)})
     return settings.model_copy(update={"model": model, "data": split})
@@ -431,8 +467,10 @@ def split_of(data: CifarData, split: str) -> ImageSet:
     images = data.test if split == "test" else data.val
     if len(images) == 0:
         if data.name == "folder" and split == "test":
-            raise DataError(f"{data.folder} has no test/ folder (or no readable images in it)",
-                            "use --split val, or add DIR/test/<class>/ images")  # fmt: skip
+            raise DataError(
+                f"{data.folder} has no test/ folder (or no readable images in it)",
+                "use --split val, or add DIR/test/<class>/ images",
+            )
         other = "val" if split == "test" else "test"
         raise DataError(f"the {split} split of {data.name} is empty", f"use --split {other}")
     return images
@@ -450,8 +488,9 @@ def check_classes(meta: WeightsMeta, dataset: str, path: Path, data: CifarData |
     if meta.num_classes != len(classes):
         raise CheckpointError(
             f"{path} has a {meta.num_classes}-class head ({meta.dataset}), but {where} has {len(classes)} classes"
-            f"{_class_difference(meta.class_names, classes)}", hint,
-        )  # fmt: skip
+            f"{_class_difference(meta.class_names, classes)}",
+            hint,
+        )
     raise CheckpointError(
         f"{path} was trained on other classes than {where} has{_class_difference(meta.class_names, classes)}", hint
     )

@@ -95,8 +95,14 @@ StepTimer = Callable[[str, bool], float]  # (amp, channels_last) -> seconds per 
 TIE_MARGIN = 0.05  # bf16 must be this much faster than fp32 to be chosen: fp32 is exact, and wins ties
 
 
-def resolve_precision(amp: str, channels_last: bool | None, device: torch.device, *, timer: StepTimer | None = None,
-                      run_steps: int | None = None) -> Precision:  # fmt: skip
+def resolve_precision(
+    amp: str,
+    channels_last: bool | None,
+    device: torch.device,
+    *,
+    timer: StepTimer | None = None,
+    run_steps: int | None = None,
+) -> Precision:
     """``--amp auto`` and an unset ``--channels-last``, decided for this device and run, with the reason.
 
     CPU: where bf16 would be emulated (neither AMX nor AVX-512 bf16) fp32; otherwise both are timed
@@ -112,8 +118,11 @@ def resolve_precision(amp: str, channels_last: bool | None, device: torch.device
             amp, why, timings = _cpu_auto(channels_last, timer, run_steps)
         elif device.type == "cuda":
             amp = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
-            why = ("auto: this GPU computes bf16 natively" if amp == "bf16"
-                   else "auto: this GPU has no native bf16: fp16 with a gradient scaler")  # fmt: skip
+            why = (
+                "auto: this GPU computes bf16 natively"
+                if amp == "bf16"
+                else "auto: this GPU has no native bf16: fp16 with a gradient scaler"
+            )
         else:
             amp, why = "off", f"auto: fp32 on {device.type}"
     if channels_last is None:

@@ -55,8 +55,10 @@ def setup(device: torch.device, timeout_s: float) -> tuple[DistContext, torch.de
         raise DistributedError("WORLD_SIZE is set but RANK/LOCAL_RANK are not", "launch with torchrun") from None
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
-            raise DistributedError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPUs here",
-                                   "use --nproc-per-node at most the number of GPUs")  # fmt: skip
+            raise DistributedError(
+                f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPUs here",
+                "use --nproc-per-node at most the number of GPUs",
+            )
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
         backend = "nccl"
@@ -65,8 +67,9 @@ def setup(device: torch.device, timeout_s: float) -> tuple[DistContext, torch.de
     else:
         raise DistributedError(f"distributed training on {device.type} is not supported", "use cuda or cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), device_id=device
-                                if device.type == "cuda" else None)  # fmt: skip
+        dist.init_process_group(
+            backend=backend, timeout=timedelta(seconds=timeout_s), device_id=device if device.type == "cuda" else None
+        )
     return DistContext(rank, world, local), device
 
 
@@ -154,8 +157,9 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     """Swap every trainable BatchNorm2d for :class:`SyncBatchNorm2d`, keeping names and state."""
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d:
-            sync = SyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                   child.track_running_stats)  # fmt: skip
+            sync = SyncBatchNorm2d(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            )
             sync.load_state_dict(child.state_dict())
             sync.to(child.weight.device)
             sync.train(child.training)

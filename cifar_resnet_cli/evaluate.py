@@ -85,8 +85,13 @@ def score_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -
 def merge(scores: Sequence[Scores], num_classes: int) -> Scores:
     total = Scores(0.0, 0, 0, 0, torch.zeros(num_classes, num_classes, dtype=torch.int64))
     for s in scores:
-        total = Scores(total.loss_sum + s.loss_sum, total.top1 + s.top1, total.top5 + s.top5,
-                       total.count + s.count, total.confusion + s.confusion)  # fmt: skip
+        total = Scores(
+            total.loss_sum + s.loss_sum,
+            total.top1 + s.top1,
+            total.top5 + s.top5,
+            total.count + s.count,
+            total.confusion + s.confusion,
+        )
     return total
 
 
@@ -116,8 +121,9 @@ def evaluate_model(
     try:
         with task(tasks, f"{label} ({len(data)} images)", -(-len(data) // batch_size)) as bar:
             for start in range(0, len(data), batch_size):
-                x = preprocess(data.images[start : start + batch_size], mean, std, image_size,
-                               channels_last=channels_last)  # fmt: skip
+                x = preprocess(
+                    data.images[start : start + batch_size], mean, std, image_size, channels_last=channels_last
+                )
                 with autocast(device, amp):
                     logits = model(x).float()
                     if tta:  # average the probabilities of the image and its mirror
@@ -187,10 +193,17 @@ def evaluate_checkpoint(
     split = split_of(data, settings.eval.split)
     start = time.perf_counter()
     scores = evaluate_model(
-        model, split.to(device), mean=meta.mean, std=meta.std, image_size=meta.image_size,
-        num_classes=meta.num_classes, batch_size=settings.eval.batch_size, tta=settings.eval.tta, tasks=tasks,
+        model,
+        split.to(device),
+        mean=meta.mean,
+        std=meta.std,
+        image_size=meta.image_size,
+        num_classes=meta.num_classes,
+        batch_size=settings.eval.batch_size,
+        tta=settings.eval.tta,
+        tasks=tasks,
         label=f"eval {settings.eval.split}",
-    )  # fmt: skip
+    )
     elapsed = time.perf_counter() - start
     per_class = []
     for i, name in enumerate(data.classes):

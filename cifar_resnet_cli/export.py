@@ -78,8 +78,15 @@ def tolerances(dtype: str, atol: float | None, min_agreement: float | None) -> t
     )
 
 
-def build_variant(model: nn.Module, method: str, example: Tensor, *, dtype: str = "fp32",
-                  channels_last: bool = False, optimize: bool = True) -> nn.Module:  # fmt: skip
+def build_variant(
+    model: nn.Module,
+    method: str,
+    example: Tensor,
+    *,
+    dtype: str = "fp32",
+    channels_last: bool = False,
+    optimize: bool = True,
+) -> nn.Module:
     """``eager``, ``trace``, ``script`` or ``frozen`` (scripted, frozen, and optimize_for_inference).
 
     ``optimize=False`` stops ``frozen`` after ``torch.jit.freeze``: what ``optimize_for_inference``
@@ -209,19 +216,32 @@ class ExportResult(BaseModel):
     warnings: list[str]
 
 
-def archive_metadata(meta: WeightsMeta, *, method: str, dtype: str, channels_last: bool, checkpoint_sha256: str,
-                     device: torch.device, held_out: HeldOut | None = None,
-                     data_settings: dict | None = None) -> str:  # fmt: skip
+def archive_metadata(
+    meta: WeightsMeta,
+    *,
+    method: str,
+    dtype: str,
+    channels_last: bool,
+    checkpoint_sha256: str,
+    device: torch.device,
+    held_out: HeldOut | None = None,
+    data_settings: dict | None = None,
+) -> str:
     """``data_settings``: where the checkpoint's data lives (``data_dir``, ``download``), so that ``eval``
     finds it for an archive kept outside the run folder."""
     data = meta.model_dump(mode="json")
-    data.update({
-        "export_method": method, "export_dtype": dtype, "export_channels_last": channels_last,
-        "export_device": device.type if method == "aoti" else "any",
-        "exported_from_sha256": checkpoint_sha256, "export_torch_version": torch.__version__,
-        "export_package_version": __version__, "input": "float32 [N, 3, image_size, image_size], RGB in [0, 1], "
-        "then (x - mean) / std",
-    })  # fmt: skip
+    data.update(
+        {
+            "export_method": method,
+            "export_dtype": dtype,
+            "export_channels_last": channels_last,
+            "export_device": device.type if method == "aoti" else "any",
+            "exported_from_sha256": checkpoint_sha256,
+            "export_torch_version": torch.__version__,
+            "export_package_version": __version__,
+            "input": "float32 [N, 3, image_size, image_size], RGB in [0, 1], then (x - mean) / std",
+        }
+    )
     if held_out is not None:
         data["int8_held_out"] = held_out.model_dump()
     if data_settings:
@@ -321,8 +341,9 @@ def _write(job: _Job, method: str, tmp: Path, target: Path) -> HeldOut | None:
     metadata = _metadata(job, method)
     try:
         if method in TORCHSCRIPT_METHODS:
-            variant = build_variant(model, method, job.example, dtype=job.dtype, channels_last=job.channels_last,
-                                    optimize=False)  # fmt: skip
+            variant = build_variant(
+                model, method, job.example, dtype=job.dtype, channels_last=job.channels_last, optimize=False
+            )
             _save_archive(variant, str(tmp), {METADATA_FILE: metadata}, target)
         elif method == "aoti":
             deployed = Deployed(model.to(job.device), DTYPES[job.dtype], job.channels_last).eval()
@@ -339,9 +360,16 @@ def _write(job: _Job, method: str, tmp: Path, target: Path) -> HeldOut | None:
 
 
 def _metadata(job: _Job, method: str, held_out: HeldOut | None = None) -> str:
-    return archive_metadata(job.meta, method=method, dtype=job.dtype, channels_last=job.channels_last,
-                            checkpoint_sha256=job.ckpt_sha, device=job.device, held_out=held_out,
-                            data_settings=job.data_settings)  # fmt: skip
+    return archive_metadata(
+        job.meta,
+        method=method,
+        dtype=job.dtype,
+        channels_last=job.channels_last,
+        checkpoint_sha256=job.ckpt_sha,
+        device=job.device,
+        held_out=held_out,
+        data_settings=job.data_settings,
+    )
 
 
 def _write_int8(job: _Job, model: nn.Module, tmp: Path, metadata: str) -> HeldOut:
@@ -483,8 +511,9 @@ def _verify(job: _Job, method: str, tmp: Path, held_out: HeldOut | None) -> tupl
         return compare_outputs(out, job.held_out_logits, job.atol), runtime
     agreement = compare(loaded, job.reference.to(device), job.x.to(device), job.atol)
     if method == "frozen":  # also as our loaders run it: optimised for this machine after loading
-        optimised = compare(load_archive(tmp, device, kind="torchscript")[0], job.reference.to(device),
-                            job.x.to(device), job.atol)  # fmt: skip
+        optimised = compare(
+            load_archive(tmp, device, kind="torchscript")[0], job.reference.to(device), job.x.to(device), job.atol
+        )
         agreement = max(agreement, optimised, key=lambda a: a.max_abs_diff)
     return agreement, runtime
 
@@ -529,22 +558,34 @@ def _export_one(job: _Job, method: str, target: Path, bar: Tasks) -> ArchiveInfo
     finally:
         tmp.unlink(missing_ok=True)
     return ArchiveInfo(
-        method=method, kind=KINDS[method], runtime=runtime, path=str(target), dtype=job.dtype,
-        channels_last=job.channels_last, frozen=method == "frozen", bytes=target.stat().st_size,
-        sha256=sha256_file(target), verified_on=device_description(torch.device("cpu") if method == "onnx"
-                                                                   else job.device),
-        agreement=agreement, atol=job.atol, min_agreement=job.min_agreement, held_out=held_out,
-    )  # fmt: skip
+        method=method,
+        kind=KINDS[method],
+        runtime=runtime,
+        path=str(target),
+        dtype=job.dtype,
+        channels_last=job.channels_last,
+        frozen=method == "frozen",
+        bytes=target.stat().st_size,
+        sha256=sha256_file(target),
+        verified_on=device_description(torch.device("cpu") if method == "onnx" else job.device),
+        agreement=agreement,
+        atol=job.atol,
+        min_agreement=job.min_agreement,
+        held_out=held_out,
+    )
 
 
-def int8_data(settings: Settings, meta: WeightsMeta, path: Path,
-              tasks: Tasks | None) -> tuple[list[Tensor], HeldOutImages]:  # fmt: skip
+def int8_data(
+    settings: Settings, meta: WeightsMeta, path: Path, tasks: Tasks | None
+) -> tuple[list[Tensor], HeldOutImages]:
     """Calibration batches from the checkpoint's training split (preprocessed as the checkpoint's metadata
     says: mean/std, image size) and its held-out validation images (preprocessed when they are read)."""
     data = load_checked_data(settings, meta, path, tasks)
     if len(data.val) == 0:
-        raise DataError("int8 export measures the accuracy drop on the checkpoint's validation split, which is empty",
-                        "set data.val_size above 0 (CIFAR_RESNET_DATA__VAL_SIZE or the TOML file)")  # fmt: skip
+        raise DataError(
+            "int8 export measures the accuracy drop on the checkpoint's validation split, which is empty",
+            "set data.val_size above 0 (CIFAR_RESNET_DATA__VAL_SIZE or the TOML file)",
+        )
     n = min(settings.export.calibration_images, len(data.train))
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(settings.train.seed))[:n]
     images = preprocess(data.train.images[order], meta.mean, meta.std, meta.image_size)
@@ -552,16 +593,24 @@ def int8_data(settings: Settings, meta: WeightsMeta, path: Path,
     return calibration, HeldOutImages(data.val.images, data.val.labels, meta.mean, meta.std, meta.image_size)
 
 
-def export_model(settings: Settings, path: Path, *, force: bool = False, tasks: Tasks | None = None,
-                 tamper_calibration: float | None = None) -> ExportResult:  # fmt: skip
+def export_model(
+    settings: Settings,
+    path: Path,
+    *,
+    force: bool = False,
+    tasks: Tasks | None = None,
+    tamper_calibration: float | None = None,
+) -> ExportResult:
     """Write one verified archive per method into ``settings.export.out_dir``.
 
     ``tamper_calibration`` (tests only) scales the calibration images, to show a destroyed int8 model is refused.
     """
     e = settings.export
     if e.example_batch == e.verify_batch:
-        raise VerificationError("the verification batch must differ in size from the tracing example",
-                                "change --example-batch or --verify-batch")  # fmt: skip
+        raise VerificationError(
+            "the verification batch must differ in size from the tracing example",
+            "change --example-batch or --verify-batch",
+        )
     device = resolve_device(settings.device)
     if e.dtype == "fp16" and device.type != "cuda":
         raise VerificationError("fp16 archives are verified on CUDA only", "use --dtype bf16 on the CPU")
@@ -592,9 +641,15 @@ def export_model(settings: Settings, path: Path, *, force: bool = False, tasks: 
             if e.methods != ["all"]:
                 raise
             warnings.append(f"no {method} archive: {exc.message}")
-    return ExportResult(checkpoint=str(path), checkpoint_sha256=ckpt_sha, archives=archives,
-                        example_batch=e.example_batch, verify_batch=e.verify_batch, image_size=meta.image_size,
-                        warnings=warnings)  # fmt: skip
+    return ExportResult(
+        checkpoint=str(path),
+        checkpoint_sha256=ckpt_sha,
+        archives=archives,
+        example_batch=e.example_batch,
+        verify_batch=e.verify_batch,
+        image_size=meta.image_size,
+        warnings=warnings,
+    )
 
 
 def _prepare_out_dir(out_dir: Path) -> Path:
@@ -621,8 +676,9 @@ def data_settings(settings: Settings, checkpoint: Path) -> dict:
     return found
 
 
-def _job(settings: Settings, model: nn.Module, meta: WeightsMeta, ckpt_sha: str, device: torch.device,
-         path: Path) -> _Job:  # fmt: skip
+def _job(
+    settings: Settings, model: nn.Module, meta: WeightsMeta, ckpt_sha: str, device: torch.device, path: Path
+) -> _Job:
     e = settings.export
     size = meta.image_size
     gen = torch.Generator().manual_seed(settings.train.seed)
@@ -631,9 +687,21 @@ def _job(settings: Settings, model: nn.Module, meta: WeightsMeta, ckpt_sha: str,
     with torch.inference_mode():
         reference = model(x).float()
     atol, min_agreement = tolerances(e.dtype, e.atol, e.min_agreement)
-    return _Job(model=model, meta=meta, ckpt_sha=ckpt_sha, device=device, dtype=e.dtype,
-                channels_last=e.channels_last, example=example, x=x, reference=reference, atol=atol,
-                min_agreement=min_agreement, max_drop=e.max_accuracy_drop,
-                weight_rounding=e.weight_rounding, max_float_layers=e.max_float_layers,
-                data_settings=data_settings(settings, path),
-                onnx_runtime=settings.onnx_runtime)  # fmt: skip
+    return _Job(
+        model=model,
+        meta=meta,
+        ckpt_sha=ckpt_sha,
+        device=device,
+        dtype=e.dtype,
+        channels_last=e.channels_last,
+        example=example,
+        x=x,
+        reference=reference,
+        atol=atol,
+        min_agreement=min_agreement,
+        max_drop=e.max_accuracy_drop,
+        weight_rounding=e.weight_rounding,
+        max_float_layers=e.max_float_layers,
+        data_settings=data_settings(settings, path),
+        onnx_runtime=settings.onnx_runtime,
+    )

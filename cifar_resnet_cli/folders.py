@@ -139,8 +139,9 @@ def scan(root: Path) -> Scan:
     return Scan(root, classes, tuple(entries), tuple(skipped), splits)
 
 
-def _class_files(root: Path, folder: Path, split: str, label: int, extensions: set[str],
-                 skipped: list[tuple[str, str]]) -> list[Entry]:  # fmt: skip
+def _class_files(
+    root: Path, folder: Path, split: str, label: int, extensions: set[str], skipped: list[tuple[str, str]]
+) -> list[Entry]:
     out = []
     for path in _walk(folder):
         rel = str(path.relative_to(root))
@@ -193,8 +194,13 @@ def _write_cache(path: Path, key: str, data: FolderSplits) -> str | None:
     for s in data.images:
         tensors[f"{s}.images"] = data.images[s].contiguous()
         tensors[f"{s}.labels"] = data.labels[s].contiguous()
-    meta = {"version": READER_VERSION, "key": key, "classes": json.dumps(data.classes),
-            "splits": json.dumps(list(data.images)), "skipped": json.dumps(data.skipped)}  # fmt: skip
+    meta = {
+        "version": READER_VERSION,
+        "key": key,
+        "classes": json.dumps(data.classes),
+        "splits": json.dumps(list(data.images)),
+        "skipped": json.dumps(data.skipped),
+    }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, save(tensors, metadata=meta))
@@ -222,8 +228,9 @@ def _decode(root: Path, entries: list[Entry], image_size: int, tasks: Tasks | No
     return out
 
 
-def read_folder(root: Path, image_size: int, cache_dir: Path,
-                tasks: Tasks | None = None) -> tuple[FolderSplits, list[str]]:  # fmt: skip
+def read_folder(
+    root: Path, image_size: int, cache_dir: Path, tasks: Tasks | None = None
+) -> tuple[FolderSplits, list[str]]:
     """Decode (or load from the cache) every split of an image-folder dataset; also returns notes."""
     found = scan(root)
     key = found.key(image_size)

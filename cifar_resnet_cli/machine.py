@@ -35,8 +35,9 @@ class MatmulRate:
     calls: int
 
 
-def matmul_rate(dtype: str, device: torch.device, *, n: int = 4096, min_seconds: float = 2.0,
-                min_calls: int = 3) -> MatmulRate:  # fmt: skip
+def matmul_rate(
+    dtype: str, device: torch.device, *, n: int = 4096, min_seconds: float = 2.0, min_calls: int = 3
+) -> MatmulRate:
     """GFLOP/s of ``n`` x ``n`` matmuls in ``dtype`` on ``device``: one warm-up call, then calls until
     ``min_seconds`` have passed (at least ``min_calls``); the median call."""
     kind = DTYPES[dtype]

@@ -19,9 +19,15 @@ from .errors import ConfigError
 TENSORBOARD_DIR = "tensorboard"
 # Scalar names as timm and Lightning users know them; the global step is the epoch.
 SCALARS = {
-    "train_loss": "train/loss", "train_top1": "train/top1", "val_loss": "val/loss", "val_top1": "val/top1",
-    "val_top5": "val/top5", "lr": "lr", "images_per_s": "throughput/images_per_s", "epoch_time_s": "time/epoch_s",
-}  # fmt: skip
+    "train_loss": "train/loss",
+    "train_top1": "train/top1",
+    "val_loss": "val/loss",
+    "val_top1": "val/top1",
+    "val_top5": "val/top5",
+    "lr": "lr",
+    "images_per_s": "throughput/images_per_s",
+    "epoch_time_s": "time/epoch_s",
+}
 
 
 def tensorboard_available() -> bool:
@@ -33,8 +39,10 @@ def tensorboard_enabled(choice: bool | None) -> bool:
     if choice is None:
         return tensorboard_available()
     if choice and not tensorboard_available():
-        raise ConfigError("--tensorboard needs the tensorboard package",
-                          "pip install 'cifar-resnet[tensorboard]', or pass --no-tensorboard")  # fmt: skip
+        raise ConfigError(
+            "--tensorboard needs the tensorboard package",
+            "pip install 'cifar-resnet[tensorboard]', or pass --no-tensorboard",
+        )
     return choice
 
 

@@ -47,11 +47,18 @@ def plot_curves(runs: dict[str, list[dict]], path: Path) -> None:
         epochs = [h["epoch"] for h in history]
         loss_ax.plot(epochs, [h["train_loss"] for h in history], color=colour, label=f"{name} · training")
         if any(h.get("val_loss") is not None for h in history):
-            loss_ax.plot(epochs, [h["val_loss"] for h in history], color=colour, linestyle="--",
-                         label=f"{name} · validation")  # fmt: skip
+            loss_ax.plot(
+                epochs, [h["val_loss"] for h in history], color=colour, linestyle="--", label=f"{name} · validation"
+            )
             acc_ax.plot(epochs, [100 * h["val_top1"] for h in history], color=colour, label=f"{name} · validation")
-        acc_ax.plot(epochs, [100 * h["train_top1"] for h in history], color=colour, linestyle=":", alpha=0.7,
-                    label=f"{name} · training")  # fmt: skip
+        acc_ax.plot(
+            epochs,
+            [100 * h["train_top1"] for h in history],
+            color=colour,
+            linestyle=":",
+            alpha=0.7,
+            label=f"{name} · training",
+        )
         lr_ax.plot(epochs, [h["lr"] for h in history], color=colour, label=name)
     loss_ax.set(title="loss (solid: training, dashed: validation)", xlabel="epoch", ylabel="cross-entropy")
     acc_ax.set(title="top-1 accuracy", xlabel="epoch", ylabel="%")
@@ -71,8 +78,9 @@ def plot_ablation(names: Sequence[str], drops: Sequence[float], baseline: float,
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 0.3 * len(names) + 1.5))
     ax.barh(list(names)[::-1], [100 * d for d in drops][::-1], color="C3")
-    ax.set(xlabel="top-1 drop (percentage points)",
-           title=f"Residual branch removed (intact top-1 {100 * baseline:.2f}%)")  # fmt: skip
+    ax.set(
+        xlabel="top-1 drop (percentage points)", title=f"Residual branch removed (intact top-1 {100 * baseline:.2f}%)"
+    )
     ax.grid(axis="x", alpha=0.3)
     _save(fig, path)
 
@@ -94,7 +102,14 @@ def plot_confusion(confusion: Sequence[Sequence[int]], names: Sequence[str], pat
         for i in range(n):
             for j in range(n):
                 if m[i, j] >= 0.005:
-                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                            color="white" if m[i, j] > 0.5 else "black")  # fmt: skip
+                    ax.text(
+                        j,
+                        i,
+                        f"{m[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if m[i, j] > 0.5 else "black",
+                    )
     ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (rows sum to 1)")
     _save(fig, path)

@@ -138,7 +138,12 @@ def predict_images(
     if meta.dataset == "synthetic":
         warnings.append("this model was trained on SYNTHETIC data: its classes are not real objects")
     return PredictResult(
-        model=str(model_path), image_size=meta.image_size, resize=resize, device=device_description(device),
-        predictions=predictions, failed=sum(p.error is not None for p in predictions),
-        csv=str(csv_path) if csv_path else None, warnings=warnings,
-    )  # fmt: skip
+        model=str(model_path),
+        image_size=meta.image_size,
+        resize=resize,
+        device=device_description(device),
+        predictions=predictions,
+        failed=sum(p.error is not None for p in predictions),
+        csv=str(csv_path) if csv_path else None,
+        warnings=warnings,
+    )

@@ -188,9 +188,17 @@ class TaskBars:
     def __init__(self, *, keep: bool = False) -> None:
         from rich import progress as rp
 
-        self._progress = rp.Progress(rp.SpinnerColumn(), rp.TextColumn("{task.description}"), rp.BarColumn(),
-                                     rp.MofNCompleteColumn(), rp.TimeElapsedColumn(), rp.TimeRemainingColumn(),
-                                     console=err, transient=not keep, disable=not err.is_terminal)  # fmt: skip
+        self._progress = rp.Progress(
+            rp.SpinnerColumn(),
+            rp.TextColumn("{task.description}"),
+            rp.BarColumn(),
+            rp.MofNCompleteColumn(),
+            rp.TimeElapsedColumn(),
+            rp.TimeRemainingColumn(),
+            console=err,
+            transient=not keep,
+            disable=not err.is_terminal,
+        )
         self._keep = keep
         self._started = False
         self._current = None
@@ -245,16 +253,21 @@ class TrainProgressBar(TaskBars):
     def start(self, *, run_dir: str, epochs: int, first_epoch: int, steps: int) -> None:
         self._epochs = epochs
         err.print(f"[bold]run[/bold] {run_dir}: epochs {first_epoch}..{epochs}, {steps} steps each")
-        err.print(f"{'epoch':>5} {'lr':>9} {'train loss':>10} {'train top-1':>11} {'val loss':>9} "
-                  f"{'val top-1':>9} {'img/s':>7} {'time':>7}")  # fmt: skip
+        err.print(
+            f"{'epoch':>5} {'lr':>9} {'train loss':>10} {'train top-1':>11} {'val loss':>9} "
+            f"{'val top-1':>9} {'img/s':>7} {'time':>7}"
+        )
         self._ensure_started()
 
     def step(self, *, epoch: int, step: int, steps: int, loss: float, top1: float, lr: float, ips: float) -> None:
         label = f"{epoch}/{self._epochs}"
         if not err.is_terminal:
             if self.log_interval and (step % self.log_interval == 0 or step == steps):
-                err.print(f"epoch {label} step {step}/{steps} loss {loss:.4f} top-1 {top1:.2%} lr {lr:.3e} "
-                          f"{ips:.0f} img/s", highlight=False, markup=False)  # fmt: skip
+                err.print(
+                    f"epoch {label} step {step}/{steps} loss {loss:.4f} top-1 {top1:.2%} lr {lr:.3e} {ips:.0f} img/s",
+                    highlight=False,
+                    markup=False,
+                )
             return
         text = f"[bold]epoch {label}[/bold]  loss {loss:.4f}  top-1 {top1:.1%}  lr {lr:.2e}  {ips:.0f} img/s"
         if self._task is None or self._label != label:
@@ -292,11 +305,16 @@ def render_train(result) -> None:
         table.add_column(col, justify="right", no_wrap=True)
     for m in result.history:
         cells = {
-            "epoch": f"{m.epoch}{' *' if m.best else ''}", "lr": f"{m.lr:.2e}", "train loss": f"{m.train_loss:.4g}",
-            "train top-1": _pct(m.train_top1), "val loss": "-" if m.val_loss is None else f"{m.val_loss:.4g}",
-            "val top-1": _pct(m.val_top1), "val top-5": _pct(m.val_top5), "img/s": f"{m.images_per_s:.0f}",
+            "epoch": f"{m.epoch}{' *' if m.best else ''}",
+            "lr": f"{m.lr:.2e}",
+            "train loss": f"{m.train_loss:.4g}",
+            "train top-1": _pct(m.train_top1),
+            "val loss": "-" if m.val_loss is None else f"{m.val_loss:.4g}",
+            "val top-1": _pct(m.val_top1),
+            "val top-5": _pct(m.val_top5),
+            "img/s": f"{m.images_per_s:.0f}",
             "time": f"{m.epoch_time_s:.1f} s",
-        }  # fmt: skip
+        }
         table.add_row(*[cells[c] for c in shown])
     out.print(table)
     summary = Table(show_header=False, title="Summary (* = best on validation)", title_justify="left")
@@ -317,8 +335,10 @@ def render_train(result) -> None:
     if result.test_loss is None:
         summary.add_row("test top-1 / top-5", "none: this data has no test set")
     else:
-        summary.add_row("test top-1 / top-5", f"{_pct(result.test_top1)} / {_pct(result.test_top5)} "
-                                              f"(best checkpoint, loss {result.test_loss:.4f})")  # fmt: skip
+        summary.add_row(
+            "test top-1 / top-5",
+            f"{_pct(result.test_top1)} / {_pct(result.test_top5)} (best checkpoint, loss {result.test_loss:.4f})",
+        )
     extraction = f" (feature extraction {result.feature_extraction_s:.1f} s of it)" if result.feature_cache else ""
     summary.add_row("time", f"{result.train_time_s:.1f} s training{extraction}, {result.total_time_s:.1f} s in all")
     summary.add_row("throughput", f"{result.images_per_s:.0f} images/s ({result.device})")
@@ -327,8 +347,9 @@ def render_train(result) -> None:
 
 
 def render_eval(result) -> None:
-    per = Table(title=f"{result.checkpoint} on {result.dataset} {result.split} ({result.images} images)",
-                title_justify="left")  # fmt: skip
+    per = Table(
+        title=f"{result.checkpoint} on {result.dataset} {result.split} ({result.images} images)", title_justify="left"
+    )
     per.add_column("class")
     per.add_column("correct", justify="right")
     per.add_column("images", justify="right")
@@ -359,10 +380,17 @@ def render_eval(result) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-_LOADERS = {"torchscript": "torch.jit.load", "aoti": "torch._inductor.aoti_load_package",
-            "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}  # fmt: skip
-_METADATA_PLACES = {"torchscript": "extra file cifar_resnet.json", "aoti": "extra/cifar_resnet.json in the package",
-                    "onnx": 'metadata_props "cifar_resnet"'}  # fmt: skip
+_LOADERS = {
+    "torchscript": "torch.jit.load",
+    "aoti": "torch._inductor.aoti_load_package",
+    "onnxruntime": "ONNX Runtime",
+    "openvino": "OpenVINO",
+}
+_METADATA_PLACES = {
+    "torchscript": "extra file cifar_resnet.json",
+    "aoti": "extra/cifar_resnet.json in the package",
+    "onnx": 'metadata_props "cifar_resnet"',
+}
 
 
 def render_export(result) -> None:
@@ -377,9 +405,13 @@ def render_export(result) -> None:
         g = a.agreement
         allowed = f"{g.allowed:.3g}" if a.held_out is None else "reported"
         table.add_row(
-            a.path, a.method, f"{a.dtype} {'nhwc' if a.channels_last else 'nchw'}", f"{a.bytes / 2**20:.1f} MiB",
-            f"{g.max_abs_diff:.3g} ({allowed})", Text(f"{g.top1_agreement:.0%}", style="green"),
-        )  # fmt: skip
+            a.path,
+            a.method,
+            f"{a.dtype} {'nhwc' if a.channels_last else 'nchw'}",
+            f"{a.bytes / 2**20:.1f} MiB",
+            f"{g.max_abs_diff:.3g} ({allowed})",
+            Text(f"{g.top1_agreement:.0%}", style="green"),
+        )
     out.print(table)
     for kind in dict.fromkeys(a.kind for a in result.archives):
         first = next(a for a in result.archives if a.kind == kind)
@@ -388,8 +420,10 @@ def render_export(result) -> None:
         out.print(f"{kind}: verified after a plain {loader} on {first.verified_on}; metadata: {where}.")
     for a in result.archives:
         if a.held_out is None:
-            out.print(f"{a.method} {a.dtype}: a batch of {result.verify_batch} (made from {result.example_batch}), "
-                      f"{result.image_size} px, against eager fp32.")  # fmt: skip
+            out.print(
+                f"{a.method} {a.dtype}: a batch of {result.verify_batch} (made from {result.example_batch}), "
+                f"{result.image_size} px, against eager fp32."
+            )
             continue
         h = a.held_out
         out.print(
@@ -425,8 +459,20 @@ def _ms(seconds: float | None) -> str:
 
 
 # Columns of the bench table, most important first; a narrow terminal shows the first ones that fit.
-_BENCH_COLUMNS = ("variant", "median ms", "images/s", "speed-up (IQR)", "top-1 agree", "output", "max |diff|",
-                  "p90 ms", "cold start s", "Average Inference Time (seconds)", "% peak", "build s")  # fmt: skip
+_BENCH_COLUMNS = (
+    "variant",
+    "median ms",
+    "images/s",
+    "speed-up (IQR)",
+    "top-1 agree",
+    "output",
+    "max |diff|",
+    "p90 ms",
+    "cold start s",
+    "Average Inference Time (seconds)",
+    "% peak",
+    "build s",
+)
 _BENCH_WIDTHS = {80: 6, 100: 7, 120: 9}  # terminal width -> columns shown (all of them above 120)
 
 
@@ -441,16 +487,25 @@ def _bench_cells(t) -> dict[str, object]:
         speed = "-"
     else:
         speed = f"{t.speedup:.2f} ({t.speedup_low:.2f}-{t.speedup_high:.2f})"
-    verdict = (Text("ok", style="green") if t.correct else Text("WRONG", style="bold red")) if checked else (
-        Text("not compared", style="dim"))  # fmt: skip
+    verdict = (
+        (Text("ok", style="green") if t.correct else Text("WRONG", style="bold red"))
+        if checked
+        else (Text("not compared", style="dim"))
+    )
     return {
-        "variant": name, "median ms": _ms(t.median_s), "images/s": f"{t.images_per_s:.1f}", "speed-up (IQR)": speed,
-        "top-1 agree": f"{t.top1_agreement:.0%}" if checked else "-", "output": verdict,
-        "max |diff|": f"{t.max_abs_diff:.2g}" if checked else "-", "p90 ms": _ms(t.p90_s),
-        "cold start s": f"{t.cold_start_s:.3f}", "Average Inference Time (seconds)": f"{t.mean_s:.4f}",
+        "variant": name,
+        "median ms": _ms(t.median_s),
+        "images/s": f"{t.images_per_s:.1f}",
+        "speed-up (IQR)": speed,
+        "top-1 agree": f"{t.top1_agreement:.0%}" if checked else "-",
+        "output": verdict,
+        "max |diff|": f"{t.max_abs_diff:.2g}" if checked else "-",
+        "p90 ms": _ms(t.p90_s),
+        "cold start s": f"{t.cold_start_s:.3f}",
+        "Average Inference Time (seconds)": f"{t.mean_s:.4f}",
         "% peak": "-" if t.share_of_peak is None else f"{t.share_of_peak:.0%}",
         "build s": "-" if t.build_s is None else f"{t.build_s:.1f}",
-    }  # fmt: skip
+    }
 
 
 def render_bench(result) -> None:
@@ -465,9 +520,12 @@ def render_bench(result) -> None:
     )
     if env.matmul_gflops:
         rates = ", ".join(f"{d} {g:.0f}" for d, g in env.matmul_gflops.items())
-        out.print(f"device limit: {env.matmul_n}x{env.matmul_n} matmul {rates} GFLOP/s; the model: "
-                  f"{env.gflop_per_image:.2f} GFLOP per image (forward); % peak = images/s x that / the rate "
-                  "of the row's dtype", highlight=False)  # fmt: skip
+        out.print(
+            f"device limit: {env.matmul_n}x{env.matmul_n} matmul {rates} GFLOP/s; the model: "
+            f"{env.gflop_per_image:.2f} GFLOP per image (forward); % peak = images/s x that / the rate "
+            "of the row's dtype",
+            highlight=False,
+        )
     shown = next((n for width, n in sorted(_BENCH_WIDTHS.items()) if out.width <= width), len(_BENCH_COLUMNS))
     columns = _BENCH_COLUMNS[:shown]
     groups: dict[tuple[str, int, int], list] = {}
@@ -476,18 +534,25 @@ def render_bench(result) -> None:
     for (device, batch, size), rows in groups.items():
         table = Table(title=f"{device}, batch {batch}, {size}x{size}", title_justify="left")
         for col in columns:
-            table.add_column(col, justify="left" if col in ("variant", "output") else "right",
-                             no_wrap=col not in ("variant", "output"))  # fmt: skip
+            table.add_column(
+                col,
+                justify="left" if col in ("variant", "output") else "right",
+                no_wrap=col not in ("variant", "output"),
+            )
         for t in rows:
             cells = _bench_cells(t)
             table.add_row(*[cells.get(col, "-") for col in columns])
         out.print(table)
         if str(batch) in result.fastest_correct:
-            out.print(f"fastest correct at batch {batch}: {result.fastest_correct[str(batch)].describe()}",
-                      highlight=False)  # fmt: skip
+            out.print(
+                f"fastest correct at batch {batch}: {result.fastest_correct[str(batch)].describe()}", highlight=False
+            )
     if len(columns) < len(_BENCH_COLUMNS):
-        out.print(f"(more columns in a wider terminal, or with --json / --csv: {', '.join(_BENCH_COLUMNS[shown:])})",
-                  highlight=False, style="dim")  # fmt: skip
+        out.print(
+            f"(more columns in a wider terminal, or with --json / --csv: {', '.join(_BENCH_COLUMNS[shown:])})",
+            highlight=False,
+            style="dim",
+        )
     if result.csv:
         out.print(f"CSV: {result.csv}")
 
@@ -498,8 +563,9 @@ def render_bench(result) -> None:
 
 
 def render_predict(result) -> None:
-    table = Table(title=f"{result.model} ({result.image_size} px, {result.resize}, {result.device})",
-                  title_justify="left")  # fmt: skip
+    table = Table(
+        title=f"{result.model} ({result.image_size} px, {result.resize}, {result.device})", title_justify="left"
+    )
     table.add_column("file", overflow="fold")
     table.add_column("size")
     table.add_column("top classes")
@@ -520,8 +586,10 @@ def render_predict(result) -> None:
 
 
 def render_ablate(result) -> None:
-    title = (f"Residual branches removed: {result.checkpoint} on {result.dataset} {result.split} "
-             f"({result.images} images), intact top-1 {_pct(result.intact_top1)}")  # fmt: skip
+    title = (
+        f"Residual branches removed: {result.checkpoint} on {result.dataset} {result.split} "
+        f"({result.images} images), intact top-1 {_pct(result.intact_top1)}"
+    )
     table = Table(title=title, title_justify="left")
     table.add_column("removed")
     table.add_column("kind")
@@ -549,11 +617,14 @@ def render_compare(result) -> None:
         table.add_column(col, justify="right")
     for r in result.rows:
         table.add_row(
-            r.run, *[_fmt(r.settings.get(k)) for k in result.differing],
+            r.run,
+            *[_fmt(r.settings.get(k)) for k in result.differing],
             f"{_pct(r.best_val_top1)} (ep {r.best_epoch})" if r.best_epoch else _pct(r.best_val_top1),
-            _pct(r.test_top1), str(r.epochs), "-" if r.time_s is None else f"{r.time_s:.1f} s",
+            _pct(r.test_top1),
+            str(r.epochs),
+            "-" if r.time_s is None else f"{r.time_s:.1f} s",
             "-" if r.images_per_s is None else f"{r.images_per_s:.0f}",
-        )  # fmt: skip
+        )
     out.print(table)
     if not result.differing:
         out.print("The runs have the same settings (apart from names and paths).")

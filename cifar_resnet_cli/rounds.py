@@ -66,8 +66,15 @@ class RatioStats:
 def ratio_stats(ratios: Sequence[float], tolerance: float = 0.05) -> RatioStats:
     if not ratios:
         raise ValueError("no rounds")
-    return RatioStats(median=statistics.median(ratios), q1=quantile(ratios, 0.25), q3=quantile(ratios, 0.75),
-                      low=min(ratios), high=max(ratios), rounds=len(ratios), tolerance=tolerance)  # fmt: skip
+    return RatioStats(
+        median=statistics.median(ratios),
+        q1=quantile(ratios, 0.25),
+        q3=quantile(ratios, 0.75),
+        low=min(ratios),
+        high=max(ratios),
+        rounds=len(ratios),
+        tolerance=tolerance,
+    )
 
 
 @dataclass

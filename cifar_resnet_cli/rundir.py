@@ -33,8 +33,9 @@ def _try_lock(fd: int) -> None:
     elif msvcrt is not None:
         msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
     else:
-        raise CifarResnetError("cannot lock the run folder: this platform has neither fcntl nor msvcrt",
-                               "train on Linux, macOS or Windows")  # fmt: skip
+        raise CifarResnetError(
+            "cannot lock the run folder: this platform has neither fcntl nor msvcrt", "train on Linux, macOS or Windows"
+        )
 
 
 def _holder(fd: int) -> str:

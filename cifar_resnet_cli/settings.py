@@ -70,9 +70,11 @@ class DataSettings(_Section):
     )
     download: bool = Field(True, description="download CIFAR through torchvision when it is missing")
     val_size: int = Field(
-        5000, ge=0, le=1_000_000,
+        5000,
+        ge=0,
+        le=1_000_000,
         description="training images held out for validation (folder without val/: default 10% of train)",
-    )  # fmt: skip
+    )
     split_seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the train/validation split")
     synthetic_size: int = Field(10_000, ge=100, le=200_000, description="synthetic training images")
 
@@ -206,14 +208,19 @@ class ExportSettings(_Section):
     def _method_fits_dtype(self) -> ExportSettings:
         named = set(self.methods) - {"all"}
         if self.dtype == "int8" and named - {"onnx"}:
-            raise ValueError("int8 archives are ONNX files (static QDQ quantization by ONNX Runtime): use "
-                             f"--method onnx, not {', '.join(sorted(named - {'onnx'}))}")  # fmt: skip
+            raise ValueError(
+                "int8 archives are ONNX files (static QDQ quantization by ONNX Runtime): use "
+                f"--method onnx, not {', '.join(sorted(named - {'onnx'}))}"
+            )
         if "onnx" in named and self.dtype in ("bf16", "fp16"):
-            raise ValueError(f"ONNX archives are fp32 or int8, not {self.dtype}: ONNX Runtime's CPU provider has no "
-                             "bf16/fp16 convolutions (OpenVINO runs an fp32 ONNX file in bf16 by itself)")  # fmt: skip
+            raise ValueError(
+                f"ONNX archives are fp32 or int8, not {self.dtype}: ONNX Runtime's CPU provider has no "
+                "bf16/fp16 convolutions (OpenVINO runs an fp32 ONNX file in bf16 by itself)"
+            )
         if self.channels_last and (self.dtype == "int8" or "onnx" in named):
-            raise ValueError("--channels-last applies to TorchScript and aoti archives; ONNX runtimes pick the "
-                             "layout themselves")  # fmt: skip
+            raise ValueError(
+                "--channels-last applies to TorchScript and aoti archives; ONNX runtimes pick the layout themselves"
+            )
         return self
 
 

@@ -55,8 +55,13 @@ from .weights import WeightsMeta, load_model, model_from_tensors
 __all__ = ["TrainResult", "TrainingDiverged", "TrainingInterrupted", "train"]
 
 # Settings that may change when a run is resumed (they do not change the result); others are refused.
-RESUMABLE_CHANGES = {("train", "epochs"), ("device",), ("train", "checkpoint_every"), ("train", "log_interval"),
-                     ("train", "tensorboard")}  # fmt: skip
+RESUMABLE_CHANGES = {
+    ("train", "epochs"),
+    ("device",),
+    ("train", "checkpoint_every"),
+    ("train", "log_interval"),
+    ("train", "tensorboard"),
+}
 
 
 class EpochMetrics(BaseModel):
@@ -136,8 +141,17 @@ class NullProgress(NoTasks):
 # ---------------------------------------------------------------------------------------------
 
 
-def lr_factor(step: int, *, total: int, steps_per_epoch: int, warmup: int, schedule: str,
-              step_size: int, milestones: list[int], gamma: float) -> float:  # fmt: skip
+def lr_factor(
+    step: int,
+    *,
+    total: int,
+    steps_per_epoch: int,
+    warmup: int,
+    schedule: str,
+    step_size: int,
+    milestones: list[int],
+    gamma: float,
+) -> float:
     """The multiplier of the peak learning rate at optimisation step ``step`` (0-based)."""
     if schedule == "onecycle":
         # One-cycle (Smith & Topin, 2018): linear rise from lr/25 over the warm-up (default 30% of
@@ -235,9 +249,15 @@ def ported_cache_path(settings: Settings) -> Path:
 def initial_model(settings: Settings, data: CifarData) -> Init:
     """The model training starts from: ImageNet (ported on the fly, cached), a file, or scratch."""
     t, m = settings.train, settings.model
-    common = {"num_classes": settings.num_classes, "class_names": list(data.classes), "dataset": data.name,
-              "image_size": m.image_size, "val_size": len(data.val), "split_seed": settings.data.split_seed,
-              "synthetic_size": settings.data.synthetic_size if data.synthetic else None}  # fmt: skip
+    common = {
+        "num_classes": settings.num_classes,
+        "class_names": list(data.classes),
+        "dataset": data.name,
+        "image_size": m.image_size,
+        "val_size": len(data.val),
+        "split_seed": settings.data.split_seed,
+        "synthetic_size": settings.data.synthetic_size if data.synthetic else None,
+    }
     if t.init == "none":
         torch.manual_seed(t.seed)
         # Each residual block starts as the identity (its last BatchNorm's weight 0; Goyal et al. 2017). Without
@@ -246,8 +266,16 @@ def initial_model(settings: Settings, data: CifarData) -> Init:
         model = resnet34(num_classes=settings.num_classes, stem=m.stem, zero_init_residual=True)
         mean, std = CIFAR_STATS[data.name]
         source = f"random initialisation (seed {t.seed}, residual branches zeroed)"
-        meta = WeightsMeta(stem=m.stem, mean=mean, std=std, pretrained=False, conv1="random", source=source,
-                           source_sha256="none", **common)  # fmt: skip
+        meta = WeightsMeta(
+            stem=m.stem,
+            mean=mean,
+            std=std,
+            pretrained=False,
+            conv1="random",
+            source=source,
+            source_sha256="none",
+            **common,
+        )
         return Init(model, meta)
     if t.init == "imagenet":
         path = ported_cache_path(settings)
@@ -272,19 +300,30 @@ def initial_model(settings: Settings, data: CifarData) -> Init:
     if meta.num_classes != settings.num_classes:
         model = _new_head(model, settings.num_classes, t.seed)
         if t.init != "imagenet":  # a ported ImageNet head is always new; a trained one is replaced
-            note = (f"--init {path} has a {meta.num_classes}-class head ({meta.dataset}): its backbone is used "
-                    f"with a new {settings.num_classes}-class head (seed {t.seed})")  # fmt: skip
+            note = (
+                f"--init {path} has a {meta.num_classes}-class head ({meta.dataset}): its backbone is used "
+                f"with a new {settings.num_classes}-class head (seed {t.seed})"
+            )
     elif tuple(meta.class_names) != data.classes and t.init != "imagenet":
         model = _new_head(model, settings.num_classes, t.seed)
-        note = (f"--init {path} was trained on other classes ({meta.dataset}): its backbone is used with a new "
-                f"head for {data.name}'s classes (seed {t.seed})")  # fmt: skip
+        note = (
+            f"--init {path} was trained on other classes ({meta.dataset}): its backbone is used with a new "
+            f"head for {data.name}'s classes (seed {t.seed})"
+        )
     if "stem" in m.model_fields_set and m.stem != meta.stem:
-        raise ConfigError(f"--stem {m.stem} was asked for, but --init {path} has the {meta.stem} stem",
-                          "drop --stem (the weights decide), or port weights with that stem")  # fmt: skip
+        raise ConfigError(
+            f"--stem {m.stem} was asked for, but --init {path} has the {meta.stem} stem",
+            "drop --stem (the weights decide), or port weights with that stem",
+        )
     source = meta.source if t.init != "imagenet" else f"{meta.source} (ported to {path})"
-    template = meta.model_copy(update={**common, "stem": meta.stem, "source": source,
-                                       "source_sha256": meta.source_sha256 if t.init == "imagenet" else
-                                       sha256_file(path)})  # fmt: skip
+    template = meta.model_copy(
+        update={
+            **common,
+            "stem": meta.stem,
+            "source": source,
+            "source_sha256": meta.source_sha256 if t.init == "imagenet" else sha256_file(path),
+        }
+    )
     return Init(model, template, note)
 
 
@@ -325,8 +364,9 @@ def settings_for_resume(run_dir: Path, overrides: dict[str, Any]) -> Settings:
     changed = []
     for section, value in after.items():
         if isinstance(value, dict):
-            changed += [((section, k), before[section].get(k), v) for k, v in value.items()
-                        if before[section].get(k) != v]  # fmt: skip
+            changed += [
+                ((section, k), before[section].get(k), v) for k, v in value.items() if before[section].get(k) != v
+            ]
         elif before.get(section) != value:
             changed.append(((section,), before.get(section), value))
     refused = [c for c in changed if c[0] not in RESUMABLE_CHANGES]
@@ -346,8 +386,17 @@ def settings_for_resume(run_dir: Path, overrides: dict[str, Any]) -> Settings:
 
 
 @torch.inference_mode()
-def _features(model: ResNet, images: torch.Tensor, meta: WeightsMeta, image_size: int, batch: int,
-              channels_last: bool, amp: str, tasks: Tasks, what: str) -> torch.Tensor:  # fmt: skip
+def _features(
+    model: ResNet,
+    images: torch.Tensor,
+    meta: WeightsMeta,
+    image_size: int,
+    batch: int,
+    channels_last: bool,
+    amp: str,
+    tasks: Tasks,
+    what: str,
+) -> torch.Tensor:
     out = []
     with task(tasks, f"extracting {what} features ({len(images)} images)", -(-len(images) // batch)) as bar:
         for start in range(0, len(images), batch):
@@ -368,13 +417,14 @@ def _reduce_scores(scores: Scores, ctx: DistContext, device: torch.device) -> Sc
     if not ctx.enabled:
         return scores
     k = scores.confusion.shape[0]
-    packed = torch.cat([
-        torch.tensor([scores.loss_sum, scores.top1, scores.top5, scores.count], dtype=torch.float64),
-        scores.confusion.flatten().double(),
-    ]).to(device)  # fmt: skip
+    packed = torch.cat(
+        [
+            torch.tensor([scores.loss_sum, scores.top1, scores.top5, scores.count], dtype=torch.float64),
+            scores.confusion.flatten().double(),
+        ]
+    ).to(device)
     total = all_reduce_sum(packed, ctx).cpu()
-    return Scores(float(total[0]), int(total[1]), int(total[2]), int(total[3]),
-                  total[4:].round().long().view(k, k))  # fmt: skip
+    return Scores(float(total[0]), int(total[1]), int(total[2]), int(total[3]), total[4:].round().long().view(k, k))
 
 
 def _evaluate(
@@ -396,14 +446,27 @@ def _evaluate(
     if features is not None:  # cached features: the head alone
         with torch.inference_mode():
             model.eval()
-            parts = [score_logits(model.fc(features[local[s : s + 4096]]), split.labels[local[s : s + 4096]],
-                                  settings.num_classes) for s in range(0, len(local), 4096)]  # fmt: skip
+            parts = [
+                score_logits(
+                    model.fc(features[local[s : s + 4096]]), split.labels[local[s : s + 4096]], settings.num_classes
+                )
+                for s in range(0, len(local), 4096)
+            ]
         scores = merge(parts, settings.num_classes)
     else:
-        scores = evaluate_model(model, split.subset(local), mean=template.mean, std=template.std,
-                                image_size=settings.model.image_size, num_classes=settings.num_classes,
-                                batch_size=settings.eval.batch_size, amp=amp, channels_last=channels_last,
-                                tasks=tasks, label=label)  # fmt: skip
+        scores = evaluate_model(
+            model,
+            split.subset(local),
+            mean=template.mean,
+            std=template.std,
+            image_size=settings.model.image_size,
+            num_classes=settings.num_classes,
+            batch_size=settings.eval.batch_size,
+            amp=amp,
+            channels_last=channels_last,
+            tasks=tasks,
+            label=label,
+        )
     return _reduce_scores(scores, ctx, device)
 
 
@@ -421,8 +484,9 @@ def train(settings: Settings, progress: TrainProgress | None = None, *, resume: 
         distributed.teardown()
 
 
-def _train(settings: Settings, progress: TrainProgress, resume: Path | None, ctx: DistContext,
-           device: torch.device) -> TrainResult:  # fmt: skip
+def _train(
+    settings: Settings, progress: TrainProgress, resume: Path | None, ctx: DistContext, device: torch.device
+) -> TrainResult:
     started = time.perf_counter()
     _check_runtime(settings, device, ctx)
     data = load_data_for(settings, tasks=progress).to(device)
@@ -441,8 +505,9 @@ def _train(settings: Settings, progress: TrainProgress, resume: Path | None, ctx
             stop.resume_hint = f"resume with: cifar-resnet train --resume {run_dir}"
             gen = read_generation(run_dir) if resume is not None else None
             loop, start = _prepare(settings, data, ctx, device, run_dir, gen, init, progress, stop)
-            progress.start(run_dir=str(run_dir), epochs=settings.train.epochs, first_epoch=start.epoch + 1,
-                           steps=loop.steps)  # fmt: skip
+            progress.start(
+                run_dir=str(run_dir), epochs=settings.train.epochs, first_epoch=start.epoch + 1, steps=loop.steps
+            )
             loop.run(start)
             result = _finish(loop, started, start.epoch if gen is not None else None, warnings)
             return result.model_copy(update={"precision": precision})
@@ -471,8 +536,15 @@ def _step_timer(settings: Settings, device: torch.device):
         model = resnet34(num_classes=settings.num_classes, stem=m.stem)
         if t.freeze_backbone:
             freeze_backbone(model)
-        return step_seconds(model, batch=t.batch_size, image_size=m.image_size, num_classes=settings.num_classes,
-                            device=device, amp=amp, channels_last=channels_last)  # fmt: skip
+        return step_seconds(
+            model,
+            batch=t.batch_size,
+            image_size=m.image_size,
+            num_classes=settings.num_classes,
+            device=device,
+            amp=amp,
+            channels_last=channels_last,
+        )
 
     return timer
 
@@ -482,8 +554,10 @@ def _check_runtime(settings: Settings, device: torch.device, ctx: DistContext) -
     if t.amp == "fp16" and device.type != "cuda":
         raise ConfigError("--amp fp16 needs CUDA", "use --amp bf16 on the CPU")
     if t.batch_size < ctx.world_size:
-        raise ConfigError(f"--batch-size {t.batch_size} is smaller than the {ctx.world_size} processes",
-                          "--batch-size is the global batch, split over the processes")  # fmt: skip
+        raise ConfigError(
+            f"--batch-size {t.batch_size} is smaller than the {ctx.world_size} processes",
+            "--batch-size is the global batch, split over the processes",
+        )
     if t.deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
@@ -586,8 +660,10 @@ class _Loop:
             first_step, partial = 0, None
             if t.patience is not None and epoch - self.best_epoch >= t.patience and epoch < t.epochs:
                 self.stopped_early = epoch
-                self.progress.note(f"early stop: no better validation top-1 in {t.patience} epochs "
-                                   f"(best {self.best_top1:.2%} at epoch {self.best_epoch})")  # fmt: skip
+                self.progress.note(
+                    f"early stop: no better validation top-1 in {t.patience} epochs "
+                    f"(best {self.best_top1:.2%} at epoch {self.best_epoch})"
+                )
                 break
 
     def _epoch(self, epoch: int, first_step: int, partial: dict[str, float] | None, clock: CheckpointClock) -> None:
@@ -611,17 +687,31 @@ class _Loop:
             sums.samples += len(idx)
             if ctx.is_main:
                 elapsed = time.perf_counter() - epoch_start
-                self.progress.step(epoch=epoch, step=i + 1, steps=self.steps, loss=float(sums.loss) / max(sums.seen, 1),
-                                   top1=sums.correct / max(sums.seen, 1), lr=self.optimizer.param_groups[-1]["lr"],
-                                   ips=(sums.seen - seen_before) * ctx.world_size / max(elapsed, 1e-9))  # fmt: skip
+                self.progress.step(
+                    epoch=epoch,
+                    step=i + 1,
+                    steps=self.steps,
+                    loss=float(sums.loss) / max(sums.seen, 1),
+                    top1=sums.correct / max(sums.seen, 1),
+                    lr=self.optimizer.param_groups[-1]["lr"],
+                    ips=(sums.seen - seen_before) * ctx.world_size / max(elapsed, 1e-9),
+                )
             due = ctx.is_main and clock.tick()
             flags = all_reduce_sum(torch.tensor([float(self.stop.signum is not None), float(due)], device=device), ctx)
             if (flags[0] > 0 or flags[1] > 0) and i + 1 < self.steps:
                 totals = sums.totals(ctx, device)
-                partial_now = {"loss_sum": totals[0], "correct": int(totals[1]), "seen": int(totals[2]),
-                               "samples": int(totals[3])}  # fmt: skip
-                self._save(Progress(epoch - 1, i + 1, (epoch - 1) * self.steps + i + 1, self.best_top1,
-                                    self.best_epoch, partial_now), clock)  # fmt: skip
+                partial_now = {
+                    "loss_sum": totals[0],
+                    "correct": int(totals[1]),
+                    "seen": int(totals[2]),
+                    "samples": int(totals[3]),
+                }
+                self._save(
+                    Progress(
+                        epoch - 1, i + 1, (epoch - 1) * self.steps + i + 1, self.best_top1, self.best_epoch, partial_now
+                    ),
+                    clock,
+                )
                 if flags[0] > 0:
                     raise self._interrupted(f"at epoch {epoch}, step {i + 1}/{self.steps}")
         epoch_time = time.perf_counter() - epoch_start
@@ -640,12 +730,19 @@ class _Loop:
         if is_best:
             self.best_top1, self.best_epoch = score, epoch
         metrics = EpochMetrics(
-            epoch=epoch, lr=self.optimizer.param_groups[-1]["lr"], train_loss=totals[0] / max(totals[2], 1),
-            train_top1=totals[1] / max(totals[2], 1), val_loss=val.loss if val else None,
-            val_top1=val.top1_acc if val else None, val_top5=val.top5_acc if val else None,
-            epoch_time_s=epoch_time, images_per_s=(totals[2] - seen_before) / max(epoch_time, 1e-9), best=is_best,
-            train_samples=int(totals[3]), val_samples=val.count if val else 0,
-        )  # fmt: skip
+            epoch=epoch,
+            lr=self.optimizer.param_groups[-1]["lr"],
+            train_loss=totals[0] / max(totals[2], 1),
+            train_top1=totals[1] / max(totals[2], 1),
+            val_loss=val.loss if val else None,
+            val_top1=val.top1_acc if val else None,
+            val_top5=val.top5_acc if val else None,
+            epoch_time_s=epoch_time,
+            images_per_s=(totals[2] - seen_before) / max(epoch_time, 1e-9),
+            best=is_best,
+            train_samples=int(totals[3]),
+            val_samples=val.count if val else 0,
+        )
         self.history.append(metrics)
         self._save(Progress(epoch, 0, epoch * self.steps, self.best_top1, self.best_epoch), clock)
         self.progress.epoch_end(metrics)
@@ -707,8 +804,7 @@ class _Loop:
         target: torch.Tensor = labels
         if t.cutmix > 0 or t.mixup > 0:
             soft = F.one_hot(labels, self.settings.num_classes).float()
-            x, target = mix_batch(x, soft, cutmix_alpha=t.cutmix, mixup_alpha=t.mixup, prob=t.mix_prob,
-                                  generator=rng)  # fmt: skip
+            x, target = mix_batch(x, soft, cutmix_alpha=t.cutmix, mixup_alpha=t.mixup, prob=t.mix_prob, generator=rng)
         return x, target, labels
 
     def _no_sync(self, *, last: bool):
@@ -739,9 +835,19 @@ class _Loop:
             return None
         t = self.settings.train
         model = self.ema.model if self.ema is not None and t.ema_eval else self.model
-        val = _evaluate(model, self.data.val, self.settings, self.template, self.ctx, self.device, amp=t.amp,
-                        channels_last=t.channels_last, features=self.val_feats, tasks=self.progress,
-                        label=f"validation, epoch {epoch}")  # fmt: skip
+        val = _evaluate(
+            model,
+            self.data.val,
+            self.settings,
+            self.template,
+            self.ctx,
+            self.device,
+            amp=t.amp,
+            channels_last=t.channels_last,
+            features=self.val_feats,
+            tasks=self.progress,
+            label=f"validation, epoch {epoch}",
+        )
         if not math.isfinite(val.loss):
             raise TrainingDiverged(
                 f"the validation loss became {val.loss} at epoch {epoch} (the weights have blown up); this epoch was "
@@ -758,13 +864,24 @@ class _Loop:
 
     def _interrupted(self, where: str) -> TrainingInterrupted:
         name = self.stop.name or "a signal on another process"
-        return TrainingInterrupted(f"{name}: stopped {where}; state saved in {self.ckpt.run_dir}",
-                                   self.stop.resume_hint, signum=self.stop.signum or signal.SIGTERM)  # fmt: skip
+        return TrainingInterrupted(
+            f"{name}: stopped {where}; state saved in {self.ckpt.run_dir}",
+            self.stop.resume_hint,
+            signum=self.stop.signum or signal.SIGTERM,
+        )
 
 
-def _prepare(settings: Settings, data: CifarData, ctx: DistContext, device: torch.device, run_dir: Path,
-             gen: Generation | None, init: Init | None, progress: TrainProgress,
-             stop: StopRequest) -> tuple[_Loop, Progress]:  # fmt: skip
+def _prepare(
+    settings: Settings,
+    data: CifarData,
+    ctx: DistContext,
+    device: torch.device,
+    run_dir: Path,
+    gen: Generation | None,
+    init: Init | None,
+    progress: TrainProgress,
+    stop: StopRequest,
+) -> tuple[_Loop, Progress]:
     """The model (new or from the checkpoint), its optimiser, and where training starts."""
     t = settings.train
     start = Progress(epoch=0, step_in_epoch=0, global_step=0, best_top1=-1.0, best_epoch=0)
@@ -786,12 +903,29 @@ def _prepare(settings: Settings, data: CifarData, ctx: DistContext, device: torc
     n_batches = math.ceil(len(data.train) / (t.batch_size * t.accum_steps))  # optimisation steps per epoch
     steps = min(n_batches, t.limit_batches or n_batches)
     sinks = MetricsSinks(run_dir, tensorboard=ctx.is_main and tensorboard_enabled(t.tensorboard))
-    ckpt = Checkpointer(run_dir, template.model_copy(update={"run": run_dir.name}), write=ctx.is_main, sinks=sinks,
-                        best_from_ema=t.ema_decay > 0 and t.ema_eval, keep_top_k=t.keep_top_k)  # fmt: skip
-    loop = _Loop(settings=settings, ctx=ctx, device=device, data=data, model=model,
-                 optimizer=make_optimizer(model, settings),
-                 scaler=torch.amp.GradScaler("cuda") if t.amp == "fp16" else None, ckpt=ckpt, progress=progress,
-                 stop=stop, steps=steps, n_batches=n_batches, sched=_schedule_args(settings, steps))  # fmt: skip
+    ckpt = Checkpointer(
+        run_dir,
+        template.model_copy(update={"run": run_dir.name}),
+        write=ctx.is_main,
+        sinks=sinks,
+        best_from_ema=t.ema_decay > 0 and t.ema_eval,
+        keep_top_k=t.keep_top_k,
+    )
+    loop = _Loop(
+        settings=settings,
+        ctx=ctx,
+        device=device,
+        data=data,
+        model=model,
+        optimizer=make_optimizer(model, settings),
+        scaler=torch.amp.GradScaler("cuda") if t.amp == "fp16" else None,
+        ckpt=ckpt,
+        progress=progress,
+        stop=stop,
+        steps=steps,
+        n_batches=n_batches,
+        sched=_schedule_args(settings, steps),
+    )
     if t.ema_decay > 0:
         loop.ema = WeightsEma(model, t.ema_decay)
     if gen is not None:
@@ -816,15 +950,24 @@ def _check_resumable(run_dir: Path, start: Progress, epochs: int) -> None:
     done = start.epoch + (1 if start.step_in_epoch else 0)
     finished = start.epoch >= epochs and start.step_in_epoch == 0 and (run_dir / rundir.SUMMARY).is_file()
     if finished or done > epochs:
-        raise ConfigError(f"{run_dir} has finished {start.epoch} epochs already",
-                          f"raise --epochs above {start.epoch} to train longer")  # fmt: skip
+        raise ConfigError(
+            f"{run_dir} has finished {start.epoch} epochs already",
+            f"raise --epochs above {start.epoch} to train longer",
+        )
 
 
 def _wrap(loop: _Loop) -> None:
     """Feature cache, DDP and torch.compile around the model, as the settings ask."""
     t, ctx, model = loop.settings.train, loop.ctx, loop.model
-    loop.cached = (t.freeze_backbone and t.cache_features and not t.augment and t.cutmix == 0 and t.mixup == 0
-                   and t.auto_augment == "none" and t.random_erase == 0)  # fmt: skip
+    loop.cached = (
+        t.freeze_backbone
+        and t.cache_features
+        and not t.augment
+        and t.cutmix == 0
+        and t.mixup == 0
+        and t.auto_augment == "none"
+        and t.random_erase == 0
+    )
     if loop.cached:
         size, batch = loop.settings.model.image_size, loop.settings.eval.batch_size
         tick = time.perf_counter()
@@ -854,8 +997,18 @@ def _finish(loop: _Loop, started: float, resumed_from: int | None, warnings: lis
     best_model.to(device)
     test = None
     if len(data.test):
-        test = _evaluate(best_model, data.test, settings, best_meta, ctx, device, amp="off", channels_last=False,
-                         tasks=loop.progress, label="test, best checkpoint")  # fmt: skip
+        test = _evaluate(
+            best_model,
+            data.test,
+            settings,
+            best_meta,
+            ctx,
+            device,
+            amp="off",
+            channels_last=False,
+            tasks=loop.progress,
+            label="test, best checkpoint",
+        )
     cache_note, extract_ips, head_ips = None, None, None
     if loop.cached and loop.head_times:
         n, head_s = len(loop.head_times), sum(loop.head_times)
@@ -872,20 +1025,41 @@ def _finish(loop: _Loop, started: float, resumed_from: int | None, warnings: lis
     history = loop.history
     trained_images = sum(h.images_per_s * h.epoch_time_s for h in history[(resumed_from or 0) :])
     result = TrainResult(
-        run_dir=str(run_dir), best_checkpoint=str(run_dir / rundir.BEST), last_checkpoint=str(run_dir / rundir.LAST),
-        dataset=data.name, synthetic=data.synthetic, init=loop.template.source,
-        pretrained=loop.template.pretrained, mode="feature extraction" if t.freeze_backbone else "fine-tuning",
-        feature_cache=loop.cached, feature_cache_note=cache_note, epochs=t.epochs, steps_per_epoch=loop.steps,
-        train_images=len(data.train), val_images=len(data.val), test_images=len(data.test),
-        best_epoch=loop.best_epoch, best_val_top1=loop.best_top1 if len(data.val) else None,
-        test_top1=test and test.top1_acc, test_top5=test and test.top5_acc, test_loss=test and test.loss,
+        run_dir=str(run_dir),
+        best_checkpoint=str(run_dir / rundir.BEST),
+        last_checkpoint=str(run_dir / rundir.LAST),
+        dataset=data.name,
+        synthetic=data.synthetic,
+        init=loop.template.source,
+        pretrained=loop.template.pretrained,
+        mode="feature extraction" if t.freeze_backbone else "fine-tuning",
+        feature_cache=loop.cached,
+        feature_cache_note=cache_note,
+        epochs=t.epochs,
+        steps_per_epoch=loop.steps,
+        train_images=len(data.train),
+        val_images=len(data.val),
+        test_images=len(data.test),
+        best_epoch=loop.best_epoch,
+        best_val_top1=loop.best_top1 if len(data.val) else None,
+        test_top1=test and test.top1_acc,
+        test_top5=test and test.top5_acc,
+        test_loss=test and test.loss,
         train_time_s=loop.train_time,
-        feature_extraction_s=loop.extract_s, feature_images_per_s=extract_ips, head_images_per_s=head_ips,
-        total_time_s=time.perf_counter() - started, images_per_s=trained_images / max(loop.train_time, 1e-9),
-        resumed_from_epoch=resumed_from, stopped_early_epoch=loop.stopped_early, ema=loop.ckpt.best_from_ema,
-        device=device_description(device), processes=ctx.world_size,
-        history=history, warnings=warnings, skipped_files=list(data.skipped),
-    )  # fmt: skip
+        feature_extraction_s=loop.extract_s,
+        feature_images_per_s=extract_ips,
+        head_images_per_s=head_ips,
+        total_time_s=time.perf_counter() - started,
+        images_per_s=trained_images / max(loop.train_time, 1e-9),
+        resumed_from_epoch=resumed_from,
+        stopped_early_epoch=loop.stopped_early,
+        ema=loop.ckpt.best_from_ema,
+        device=device_description(device),
+        processes=ctx.world_size,
+        history=history,
+        warnings=warnings,
+        skipped_files=list(data.skipped),
+    )
     loop.ckpt.sinks.close()
     if ctx.is_main:
         try:

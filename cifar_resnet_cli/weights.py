@@ -197,8 +197,10 @@ def check_tensors(tensors: Mapping[str, torch.Tensor], expected_digest: str | No
         )
     bad = nonfinite_tensors(tensors)
     if bad:
-        raise CheckpointError(f"{path} holds non-finite weights ({len(bad)} tensors: {_names(bad)})",
-                              "it comes from a diverged or damaged run; use an earlier checkpoint")  # fmt: skip
+        raise CheckpointError(
+            f"{path} holds non-finite weights ({len(bad)} tensors: {_names(bad)})",
+            "it comes from a diverged or damaged run; use an earlier checkpoint",
+        )
 
 
 def parse_weights(data: bytes, path: Path) -> tuple[dict[str, torch.Tensor], WeightsMeta]:

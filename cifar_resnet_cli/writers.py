@@ -62,8 +62,15 @@ def onnx_proto(deployed: nn.Module, example: Tensor, metadata: str):
     onnx = optional("onnx", "ONNX export")
     try:
         with _quiet(), torch.no_grad():
-            program = torch.onnx.export(deployed, (example,), dynamo=True, dynamic_shapes=_batch_dim(),
-                                        input_names=["input"], output_names=["logits"], verbose=False)  # fmt: skip
+            program = torch.onnx.export(
+                deployed,
+                (example,),
+                dynamo=True,
+                dynamic_shapes=_batch_dim(),
+                input_names=["input"],
+                output_names=["logits"],
+                verbose=False,
+            )
     except Exception as exc:  # the exporter raises its own error types for unsupported graphs
         raise ExportFailed(f"torch.onnx.export could not convert the model ({_first_line(exc)})") from None
     proto = program.model_proto
@@ -203,23 +210,30 @@ def write_aoti(deployed: nn.Module, example: Tensor, path: Path, metadata: str) 
     constants), packaged with our metadata as ``extra/cifar_resnet.json``. The package runs on the
     device type of ``example``; compiling needs a C++ compiler on the exporting machine only."""
     if not aoti_available():
-        raise ExportFailed(f"AOTInductor packages need torch >= 2.8; this is torch {torch.__version__}",
-                           "upgrade torch, or export --method trace/script/onnx")  # fmt: skip
+        raise ExportFailed(
+            f"AOTInductor packages need torch >= 2.8; this is torch {torch.__version__}",
+            "upgrade torch, or export --method trace/script/onnx",
+        )
     from torch.export.pt2_archive._package import package_pt2
 
     try:
         with _quiet(), torch.no_grad():
             program = torch.export.export(deployed, (example,), dynamic_shapes=_batch_dim())
     except Exception as exc:  # a graph torch.export cannot capture, or a batch range it cannot prove
-        raise ExportFailed(f"torch.export could not capture the model ({_first_line(exc)})",
-                           "export --method trace or --method onnx instead") from None  # fmt: skip
+        raise ExportFailed(
+            f"torch.export could not capture the model ({_first_line(exc)})",
+            "export --method trace or --method onnx instead",
+        ) from None
     try:
         with _quiet(), torch.no_grad():
             args, kwargs = program.example_inputs
-            files = torch._inductor.aot_compile(program.module(), args, kwargs,
-                                                options={"aot_inductor.package": True, "freezing": True})  # fmt: skip
+            files = torch._inductor.aot_compile(
+                program.module(), args, kwargs, options={"aot_inductor.package": True, "freezing": True}
+            )
     except Exception as exc:  # Inductor raises many kinds; a missing C++ compiler is the usual one
-        raise ExportFailed(f"AOTInductor could not compile the model ({_first_line(exc)})",
-                           "it needs a C++ compiler (g++) on this machine") from None  # fmt: skip
+        raise ExportFailed(
+            f"AOTInductor could not compile the model ({_first_line(exc)})",
+            "it needs a C++ compiler (g++) on this machine",
+        ) from None
     with open(path, "wb") as f:
         package_pt2(f, aoti_files=files, extra_files={METADATA_FILE: metadata})

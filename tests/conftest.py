@@ -148,7 +148,11 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert ga.optimizer_tensors.keys() == gb.optimizer_tensors.keys() and ga.optimizer_tensors
     assert all(torch.equal(ga.optimizer_tensors[k], gb.optimizer_tensors[k]) for k in ga.optimizer_tensors)
     assert (ga.progress.epoch, ga.progress.global_step, ga.progress.best_epoch, ga.progress.best_top1) == (
-        gb.progress.epoch, gb.progress.global_step, gb.progress.best_epoch, gb.progress.best_top1)  # fmt: skip
+        gb.progress.epoch,
+        gb.progress.global_step,
+        gb.progress.best_epoch,
+        gb.progress.best_top1,
+    )
 
     def rows(run: Path) -> list[dict]:
         return [

@@ -47,10 +47,26 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     port = Cli()("port", "--weights", "none", "--dataset", "synthetic", "--out", backbone)
     assert port.exit_code == 0, port.stderr
     r = Cli()(
-        "train", "--dataset", "synthetic", *SYNTHETIC, "--init", backbone, "--freeze-backbone", "--epochs", "8",
-        "--batch-size", "64", "--optimizer", "adamw", "--lr", "0.01", "--runs-dir", root / "runs", "--json",
+        "train",
+        "--dataset",
+        "synthetic",
+        *SYNTHETIC,
+        "--init",
+        backbone,
+        "--freeze-backbone",
+        "--epochs",
+        "8",
+        "--batch-size",
+        "64",
+        "--optimizer",
+        "adamw",
+        "--lr",
+        "0.01",
+        "--runs-dir",
+        root / "runs",
+        "--json",
         env={"CIFAR_RESNET_DATA__DATA_DIR": str(root / "data")},
-    )  # fmt: skip
+    )
     assert r.exit_code == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["test_top1"] > 0.4, summary["test_top1"]  # chance is 0.1
@@ -66,8 +82,24 @@ def exported(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     result = ExportResult.model_validate_json(r.stdout)
     # A few images more or less per CPU's int8 kernels: 3 points of 300 images is 9 of them.
     # GPTQ rounding here (nearest, the default, is what the other int8 exports of the suite use).
-    r8 = Cli()("export", trained, "--method", "all", "--dtype", "int8", "--calibration-images", "128",
-               "--weight-rounding", "gptq", "--max-accuracy-drop", "3", "--out", out, "--json", env=env)  # fmt: skip
+    r8 = Cli()(
+        "export",
+        trained,
+        "--method",
+        "all",
+        "--dtype",
+        "int8",
+        "--calibration-images",
+        "128",
+        "--weight-rounding",
+        "gptq",
+        "--max-accuracy-drop",
+        "3",
+        "--out",
+        out,
+        "--json",
+        env=env,
+    )
     assert r8.exit_code == 0, r8.stderr
     int8 = ExportResult.model_validate_json(r8.stdout)
     assert [a.method for a in int8.archives] == ["onnx"]  # all, for int8, is ONNX only
@@ -173,8 +205,14 @@ def test_eval_and_predict_of_every_kind_equal_the_checkpoint(cli, trained: Path,
     # Images whose two best fp32 logits lie within the fp32 tolerance may swap under another runtime's
     # summation order; no other image may.
     model, meta = load_model(trained)
-    data = load_cifar("synthetic", trained.parent.parent.parent / "data", download=False, val_size=300, split_seed=0,
-                      synthetic_size=800)  # fmt: skip
+    data = load_cifar(
+        "synthetic",
+        trained.parent.parent.parent / "data",
+        download=False,
+        val_size=300,
+        split_seed=0,
+        synthetic_size=800,
+    )
     x = preprocess(data.test.images, meta.mean, meta.std, meta.image_size)
     with torch.inference_mode():
         top2 = model.eval()(x).topk(2, dim=1).values
@@ -220,9 +258,25 @@ def test_int8_is_scored_in_the_runtime_it_will_be_deployed_with(cli, trained: Pa
     if not _has("openvino"):
         pytest.skip("the [openvino] extra is part of make test")
     env = {"CIFAR_RESNET_DATA__DATA_DIR": str(trained.parent.parent.parent / "data")}
-    result = ExportResult.model_validate(cli.json(
-        "export", trained, "--method", "onnx", "--dtype", "int8", "--calibration-images", "128",
-        "--max-accuracy-drop", "3", "--onnx-runtime", "openvino", "--out", tmp_path, env=env))  # fmt: skip
+    result = ExportResult.model_validate(
+        cli.json(
+            "export",
+            trained,
+            "--method",
+            "onnx",
+            "--dtype",
+            "int8",
+            "--calibration-images",
+            "128",
+            "--max-accuracy-drop",
+            "3",
+            "--onnx-runtime",
+            "openvino",
+            "--out",
+            tmp_path,
+            env=env,
+        )
+    )
     archive = result.archives[0]
     held_out = archive.held_out
     assert archive.runtime == held_out.runtime == "openvino"
@@ -234,8 +288,11 @@ def test_int8_is_scored_in_the_runtime_it_will_be_deployed_with(cli, trained: Pa
 
 def test_bench_times_every_archive_kind_with_each_runtime(cli, exported) -> None:
     common = ["--batch-sizes", "1,3", "--warmup", "0", "--iters", "3", "--peak-matmul", "256"]
-    for kind, labels in (("aoti", ["archive (aoti)"]), ("onnx", ["archive (onnx, onnxruntime)"]),
-                         ("int8", ["archive (onnx, onnxruntime)"])):  # fmt: skip
+    for kind, labels in (
+        ("aoti", ["archive (aoti)"]),
+        ("onnx", ["archive (onnx, onnxruntime)"]),
+        ("int8", ["archive (onnx, onnxruntime)"]),
+    ):
         result = BenchResult.model_validate(cli.json("bench", exported[kind], *common))
         variants = [t.variant for t in result.timings]
         if "openvino" in sys.modules or _has("openvino"):
@@ -252,10 +309,23 @@ def _has(module: str) -> bool:
 
 def test_bench_runs_the_deployment_runtimes_beside_eager(cli) -> None:
     variants = "eager,onnxruntime" + (",openvino" if _has("openvino") else "")
-    result = BenchResult.model_validate(cli.json(
-        "bench", "--variants", variants, "--dtypes", "fp32,bf16,int8", "--batch-sizes", "1,3", "--warmup", "1",
-        "--iters", "3", "--peak-matmul", "256",
-    ))  # fmt: skip
+    result = BenchResult.model_validate(
+        cli.json(
+            "bench",
+            "--variants",
+            variants,
+            "--dtypes",
+            "fp32,bf16,int8",
+            "--batch-sizes",
+            "1,3",
+            "--warmup",
+            "1",
+            "--iters",
+            "3",
+            "--peak-matmul",
+            "256",
+        )
+    )
     rows = {(t.variant, t.dtype, t.batch_size): t for t in result.timings}
     expected = {("eager", "fp32"), ("eager", "bf16"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")}
     if _has("openvino"):
@@ -271,8 +341,9 @@ def test_bench_runs_the_deployment_runtimes_beside_eager(cli) -> None:
 @pytest.mark.numerics
 def test_a_destroyed_int8_model_is_refused_and_not_written(trained: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CIFAR_RESNET_DATA__DATA_DIR", str(trained.parent.parent.parent / "data"))
-    settings = load_settings(None, {"export": {"methods": ["onnx"], "dtype": "int8", "out_dir": tmp_path,
-                                               "calibration_images": 64}})  # fmt: skip
+    settings = load_settings(
+        None, {"export": {"methods": ["onnx"], "dtype": "int8", "out_dir": tmp_path, "calibration_images": 64}}
+    )
     # Calibrated on images a thousand times too dark: every real activation saturates its int8 range, and not
     # even every layer in float rescues it (the additions stay int8): refused after that one file.
     with pytest.raises(export_module.VerificationError, match=r"with every convolution and linear layer in float"):
@@ -307,8 +378,20 @@ def test_int8_past_its_budget_keeps_the_fewest_sensitive_layers_in_float(
     quantized alone breaks the model), keeps them in float, ships the file within budget and says so."""
     checkpoint = _with_an_outlier_channel(trained, tmp_path / "outlier.safetensors")
     env = {"CIFAR_RESNET_DATA__DATA_DIR": str(trained.parent.parent.parent / "data")}
-    args = ["export", checkpoint, "--method", "onnx", "--dtype", "int8", "--calibration-images", "128",
-            "--max-accuracy-drop", "3", "--out", tmp_path / "out"]  # fmt: skip
+    args = [
+        "export",
+        checkpoint,
+        "--method",
+        "onnx",
+        "--dtype",
+        "int8",
+        "--calibration-images",
+        "128",
+        "--max-accuracy-drop",
+        "3",
+        "--out",
+        tmp_path / "out",
+    ]
     r = cli(*args, "--json", env=env)
     assert r.exit_code == 0, r.stderr
     h = ExportResult.model_validate_json(r.stdout).archives[0].held_out
@@ -354,8 +437,11 @@ def test_damaged_archives_are_refused_in_one_line(cli, exported, tmp_path: Path)
     onnx.save(proto, str(bare))
     cut_pt2 = tmp_path / "cut.pt2"
     cut_pt2.write_bytes(exported["aoti"].read_bytes()[:1_000_000])
-    for path, message in ((cut, "not a readable ONNX archive"), (bare, "has no metadata_props"),
-                          (cut_pt2, "not a readable")):  # fmt: skip
+    for path, message in (
+        (cut, "not a readable ONNX archive"),
+        (bare, "has no metadata_props"),
+        (cut_pt2, "not a readable"),
+    ):
         for command in ("eval", "predict"):
             r = cli(command, path, *([tmp_path] if command == "predict" else []))
             assert r.exit_code == 1 and message in r.err and "Traceback" not in r.stderr, (path, command, r.err)
@@ -371,8 +457,19 @@ def test_a_missing_extra_is_one_line(cli, trained: Path, exported, tmp_path: Pat
     r = cli("eval", exported["onnx"])
     assert r.exit_code == 1 and "pip install 'cifar-resnet[onnx]'" in r.err and "Traceback" not in r.stderr
     monkeypatch.setitem(sys.modules, "openvino", None)
-    rows = cli.json("bench", "--variants", "eager,openvino", "--batch-sizes", "1", "--iters", "3", "--warmup", "0",
-                    "--peak-matmul", "0")["timings"]  # fmt: skip
+    rows = cli.json(
+        "bench",
+        "--variants",
+        "eager,openvino",
+        "--batch-sizes",
+        "1",
+        "--iters",
+        "3",
+        "--warmup",
+        "0",
+        "--peak-matmul",
+        "0",
+    )["timings"]
     assert "cifar-resnet[openvino]" in rows[1]["error"]
 
 
@@ -407,8 +504,9 @@ def test_bad_export_input_is_one_line_and_exit_2(cli, trained: Path, tmp_path: P
 def test_int8_without_its_data_says_where_it_looked(cli, tmp_path: Path) -> None:
     ckpt = tmp_path / "w.safetensors"
     assert cli("port", "--weights", "none", "--dataset", "cifar10", "--out", ckpt).exit_code == 0
-    r = cli("export", ckpt, "--method", "onnx", "--dtype", "int8", "--out", tmp_path / "x", "--data-dir",
-            tmp_path / "none")  # fmt: skip
+    r = cli(
+        "export", ckpt, "--method", "onnx", "--dtype", "int8", "--out", tmp_path / "x", "--data-dir", tmp_path / "none"
+    )
     assert r.exit_code == 1 and "cifar-10-batches-py" in r.err and "Traceback" not in r.stderr, r.err
     assert not (tmp_path / "x").exists() or list((tmp_path / "x").iterdir()) == []
 
@@ -462,8 +560,9 @@ def test_a_loader_that_crashes_is_caught_in_a_child_process(cli, trained: Path, 
     assert r.exit_code == 1 and "did not finish in 1 s" in r.err, r.err
 
 
-def test_export_all_leaves_out_a_package_whose_loader_crashes(cli, trained: Path, exported, tmp_path: Path,
-                                                               monkeypatch) -> None:  # fmt: skip
+def test_export_all_leaves_out_a_package_whose_loader_crashes(
+    cli, trained: Path, exported, tmp_path: Path, monkeypatch
+) -> None:
     """--method all writes every kind that can be made here, and says which it left out and why; a named
     --method aoti fails, and writes nothing."""
     # The compile is not the point: the package is the fixture's, and the crash is the probe's.
@@ -481,11 +580,27 @@ def test_export_all_leaves_out_a_package_whose_loader_crashes(cli, trained: Path
 
 def test_bench_compiles_no_more_packages_after_the_loader_crashed(cli, exported, monkeypatch) -> None:
     built = []
-    monkeypatch.setattr(runtimes_module, "write_aoti", lambda deployed, example, path, metadata:
-                        built.append(shutil.copyfile(exported["aoti"], path)))  # fmt: skip
+    monkeypatch.setattr(
+        runtimes_module,
+        "write_aoti",
+        lambda deployed, example, path, metadata: built.append(shutil.copyfile(exported["aoti"], path)),
+    )
     _probe_on_cpu(monkeypatch, CRASH)
-    rows = cli.json("bench", "--variants", "eager,aoti", "--dtypes", "fp32,bf16", "--batch-sizes", "1",
-                    "--iters", "3", "--warmup", "0", "--peak-matmul", "0")["timings"]  # fmt: skip
+    rows = cli.json(
+        "bench",
+        "--variants",
+        "eager,aoti",
+        "--dtypes",
+        "fp32,bf16",
+        "--batch-sizes",
+        "1",
+        "--iters",
+        "3",
+        "--warmup",
+        "0",
+        "--peak-matmul",
+        "0",
+    )["timings"]
     errors = [t["error"] for t in rows if t["variant"] == "aoti"]
     assert len(built) == 1 and len(errors) == 2 and all("crashed (SIGSEGV)" in e for e in errors), errors
     assert "not built" in errors[1] and all(t["error"] is None for t in rows if t["variant"] == "eager")

@@ -61,8 +61,9 @@ def test_device_cuda_without_cuda_is_one_clear_line(cli) -> None:
 
 def test_debug_shows_the_traceback(cli, tmp_path: Path) -> None:
     quiet = cli("port", "--from", tmp_path / "nope.pth", "--out", tmp_path / "w.safetensors")
-    loud = cli("port", "--from", tmp_path / "nope.pth", "--out", tmp_path / "w.safetensors",
-               env={"CIFAR_RESNET_DEBUG": "1"})  # fmt: skip
+    loud = cli(
+        "port", "--from", tmp_path / "nope.pth", "--out", tmp_path / "w.safetensors", env={"CIFAR_RESNET_DEBUG": "1"}
+    )
     assert quiet.exit_code == loud.exit_code == 1
     assert "Traceback" not in quiet.stderr and "Traceback" in loud.stderr
     assert "Traceback" in cli("--debug", "port", "--from", tmp_path / "nope.pth", "--out", tmp_path / "w").stderr
@@ -84,16 +85,47 @@ def test_every_train_flag_reaches_the_settings(cli, monkeypatch) -> None:
 
     monkeypatch.setattr(train_module, "train", capture)
     flags = {
-        "--dataset": "cifar100", "--data-dir": "/d", "--val-size": "7", "--synthetic-size": "300",
-        "--init": "none", "--stem": "cifar", "--image-size": "64", "--backbone-lr-scale": "0.1", "--epochs": "3",
-        "--batch-size": "16", "--lr": "0.2", "--optimizer": "adamw", "--momentum": "0.8", "--weight-decay": "0.01",
-        "--schedule": "multistep", "--warmup-epochs": "0.5", "--milestones": "1,2", "--gamma": "0.5",
-        "--cutmix": "1.0", "--mixup": "0.2", "--mix-prob": "0.5", "--label-smoothing": "0.1", "--amp": "bf16",
-        "--limit-batches": "5", "--seed": "9", "--dist-timeout": "30", "--runs-dir": "r", "--name": "x",
+        "--dataset": "cifar100",
+        "--data-dir": "/d",
+        "--val-size": "7",
+        "--synthetic-size": "300",
+        "--init": "none",
+        "--stem": "cifar",
+        "--image-size": "64",
+        "--backbone-lr-scale": "0.1",
+        "--epochs": "3",
+        "--batch-size": "16",
+        "--lr": "0.2",
+        "--optimizer": "adamw",
+        "--momentum": "0.8",
+        "--weight-decay": "0.01",
+        "--schedule": "multistep",
+        "--warmup-epochs": "0.5",
+        "--milestones": "1,2",
+        "--gamma": "0.5",
+        "--cutmix": "1.0",
+        "--mixup": "0.2",
+        "--mix-prob": "0.5",
+        "--label-smoothing": "0.1",
+        "--amp": "bf16",
+        "--limit-batches": "5",
+        "--seed": "9",
+        "--dist-timeout": "30",
+        "--runs-dir": "r",
+        "--name": "x",
         "--device": "cpu",
-    }  # fmt: skip
-    switches = ["--freeze-backbone", "--no-nesterov", "--no-augment", "--channels-last", "--compile",
-                "--deterministic", "--no-cache-features", "--sync-bn", "--no-download"]  # fmt: skip
+    }
+    switches = [
+        "--freeze-backbone",
+        "--no-nesterov",
+        "--no-augment",
+        "--channels-last",
+        "--compile",
+        "--deterministic",
+        "--no-cache-features",
+        "--sync-bn",
+        "--no-download",
+    ]
     args = [a for kv in flags.items() for a in kv] + switches
     with pytest.raises(Stop):
         cli("train", *args)

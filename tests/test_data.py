@@ -76,8 +76,9 @@ def test_synthetic_is_deterministic_and_in_cifar_layout(tmp_path: Path) -> None:
         assert (a / name).read_bytes() == (b / name).read_bytes()
     raw = pickle.loads((a / "data_batch_1").read_bytes(), encoding="latin1")
     assert raw["data"].dtype.name == "uint8" and raw["data"].shape == (100, 3072) and len(raw["labels"]) == 100
-    hundred = load_cifar("synthetic", tmp_path, download=False, val_size=100, split_seed=0, num_classes=100,
-                         synthetic_size=1000)  # fmt: skip
+    hundred = load_cifar(
+        "synthetic", tmp_path, download=False, val_size=100, split_seed=0, num_classes=100, synthetic_size=1000
+    )
     assert hundred.classes[99] == "synthetic_99" and int(hundred.train.labels.max()) == 99
     assert (hundred.folder / "train").is_file()  # CIFAR-100 layout for 100 classes
 

@@ -15,20 +15,41 @@ from safetensors.torch import load_file
 from cifar_resnet_cli.distributed import SyncBatchNorm2d
 from cifar_resnet_cli.model import resnet34
 
-COMMON = ["--dataset", "synthetic", "--synthetic-size", "600", "--val-size", "150", "--batch-size", "48",
-          "--init", "none", "--no-augment", "--lr", "0.05"]  # fmt: skip
+COMMON = [
+    "--dataset",
+    "synthetic",
+    "--synthetic-size",
+    "600",
+    "--val-size",
+    "150",
+    "--batch-size",
+    "48",
+    "--init",
+    "none",
+    "--no-augment",
+    "--lr",
+    "0.05",
+]
 
 
 def _launch(args: list[str], cwd: Path, nproc: int) -> dict:
     """Run `train` under torchrun (nproc > 1) or as one plain process; return its --json result."""
     env = {**os.environ, "XDG_CACHE_HOME": str(cwd / "cache"), "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1"}
     if nproc > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                    "-m", "cifar_resnet_cli"]  # fmt: skip
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "cifar_resnet_cli",
+        ]
     else:
         launcher = [sys.executable, "-m", "cifar_resnet_cli"]
-    proc = subprocess.run([*launcher, "train", *args, "--json"], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [*launcher, "train", *args, "--json"], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout)
 

@@ -94,8 +94,23 @@ def test_archive_loads_with_map_location(cli, checkpoint: Path, tmp_path: Path) 
 
 @pytest.mark.numerics
 def test_eval_of_an_archive_equals_eval_of_its_checkpoint(cli, tmp_path: Path) -> None:
-    run = cli.json("train", "--dataset", "synthetic", "--synthetic-size", "600", "--val-size", "200", "--init", "none",
-                   "--epochs", "1", "--batch-size", "50", "--limit-batches", "4")  # fmt: skip
+    run = cli.json(
+        "train",
+        "--dataset",
+        "synthetic",
+        "--synthetic-size",
+        "600",
+        "--val-size",
+        "200",
+        "--init",
+        "none",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "50",
+        "--limit-batches",
+        "4",
+    )
     ckpt = Path(run["run_dir"]) / "best.safetensors"
     exported = cli.json("export", ckpt, "--method", "trace", "--method", "script", "--freeze", "--out", tmp_path)
     reference = cli.json("eval", ckpt)
@@ -103,8 +118,14 @@ def test_eval_of_an_archive_equals_eval_of_its_checkpoint(cli, tmp_path: Path) -
     # frozen folds BatchNorm into the convolutions, which rounds differently (see assert_fp32_close):
     # only an image whose two best eager logits lie within that tolerance may change its prediction.
     model, meta = load_model(ckpt)
-    data = load_cifar("synthetic", tmp_path / "cache" / "cifar-resnet" / "data", download=False, val_size=200,
-                      split_seed=0, synthetic_size=600)  # fmt: skip
+    data = load_cifar(
+        "synthetic",
+        tmp_path / "cache" / "cifar-resnet" / "data",
+        download=False,
+        val_size=200,
+        split_seed=0,
+        synthetic_size=600,
+    )
     with torch.inference_mode():
         logits = model.eval()(preprocess(data.test.images, meta.mean, meta.std, meta.image_size))
     top2 = logits.topk(2, dim=1).values
@@ -114,8 +135,11 @@ def test_eval_of_an_archive_equals_eval_of_its_checkpoint(cli, tmp_path: Path) -
         if archive["method"] != "frozen":
             assert result["top1"] == reference["top1"] and result["confusion"] == reference["confusion"]
             continue
-        moved = sum(abs(a - b) for ra, rb in zip(result["confusion"], reference["confusion"], strict=True)
-                    for a, b in zip(ra, rb, strict=True))  # fmt: skip
+        moved = sum(
+            abs(a - b)
+            for ra, rb in zip(result["confusion"], reference["confusion"], strict=True)
+            for a, b in zip(ra, rb, strict=True)
+        )
         assert moved <= 2 * undecided, (moved, undecided)
         assert abs(result["top1"] - reference["top1"]) * result["images"] <= undecided + 1e-9
 
@@ -144,8 +168,19 @@ def test_bad_input(cli, checkpoint: Path, args: list[str], code: int, message: s
 
 
 def test_bench_json_has_every_variant_and_agreement(cli) -> None:
-    data = cli.json("bench", "--variants", "eager,trace,script,frozen", "--dtypes", "fp32,bf16", "--batch-sizes",
-                    "1,3", "--warmup", "1", "--iters", "3")  # fmt: skip
+    data = cli.json(
+        "bench",
+        "--variants",
+        "eager,trace,script,frozen",
+        "--dtypes",
+        "fp32,bf16",
+        "--batch-sizes",
+        "1,3",
+        "--warmup",
+        "1",
+        "--iters",
+        "3",
+    )
     result = BenchResult.model_validate(data)
     assert result.random_init and "random-initialised" in result.warnings[0]
     for batch in (1, 3):
@@ -162,7 +197,11 @@ def test_bench_json_has_every_variant_and_agreement(cli) -> None:
         rows = [t for t in result.timings if t.batch_size == int(batch) and t.correct]
         fastest = min(rows, key=lambda t: t.median_s)
         assert (best.batch_size, best.variant, best.dtype, best.layout) == (
-            fastest.batch_size, fastest.variant, fastest.dtype, fastest.layout)  # fmt: skip
+            fastest.batch_size,
+            fastest.variant,
+            fastest.dtype,
+            fastest.layout,
+        )
         assert (best.median_s, best.speedup) == (fastest.median_s, fastest.speedup)
     # The device's limit, measured by bench itself: a matmul rate per timed dtype, each row's share of it.
     env = result.environment
@@ -175,15 +214,17 @@ def test_bench_json_has_every_variant_and_agreement(cli) -> None:
 
 
 def test_bench_peak_matmul_zero_skips_the_limit(cli) -> None:
-    data = cli.json("bench", "--variants", "eager", "--batch-sizes", "2", "--warmup", "0", "--iters", "3",
-                    "--peak-matmul", "0")  # fmt: skip
+    data = cli.json(
+        "bench", "--variants", "eager", "--batch-sizes", "2", "--warmup", "0", "--iters", "3", "--peak-matmul", "0"
+    )
     assert data["environment"]["matmul_gflops"] == {} and data["timings"][0]["share_of_peak"] is None
     assert cli("bench", "--peak-matmul", "-1").exit_code == 2
 
 
 def test_a_wrong_variant_is_reported_as_wrong(tmp_path: Path) -> None:
-    settings = load_settings(None, {"bench": {"variants": ["eager", "trace"], "batch_sizes": [4], "warmup": 0,
-                                              "iters": 3}})  # fmt: skip
+    settings = load_settings(
+        None, {"bench": {"variants": ["eager", "trace"], "batch_sizes": [4], "warmup": 0, "iters": 3}}
+    )
     result = benchmark(settings, tamper="trace", csv_path=tmp_path / "b.csv")
     trace = next(t for t in result.timings if t.variant == "trace")
     assert trace.correct is False and trace.top1_agreement < 1.0
@@ -193,16 +234,19 @@ def test_a_wrong_variant_is_reported_as_wrong(tmp_path: Path) -> None:
 
 
 def test_bench_times_an_archive_exactly_as_shipped(cli, checkpoint: Path, tmp_path: Path) -> None:
-    exported = cli.json("export", checkpoint, "--method", "trace", "--method", "script", "--freeze", "--out",
-                        tmp_path / "exports")  # fmt: skip
+    exported = cli.json(
+        "export", checkpoint, "--method", "trace", "--method", "script", "--freeze", "--out", tmp_path / "exports"
+    )
     common = ["--batch-sizes", "1,2", "--warmup", "0", "--iters", "3"]
     for other in exported["archives"][1:]:  # every TorchScript method (onnx and aoti: test_archives.py)
         rows = cli.json("bench", other["path"], *common)["timings"]
         assert [r["variant"] for r in rows] == [f"archive ({other['method']})"] * 2 and all(r["median_s"] for r in rows)
     archive = exported["archives"][0]["path"]
     result = BenchResult.model_validate(cli.json("bench", archive, *common, "--csv", tmp_path / "b.csv"))
-    assert [(t.variant, t.dtype, t.batch_size) for t in result.timings] == [("archive (trace)", "fp32", 1),
-                                                                          ("archive (trace)", "fp32", 2)]  # fmt: skip
+    assert [(t.variant, t.dtype, t.batch_size) for t in result.timings] == [
+        ("archive (trace)", "fp32", 1),
+        ("archive (trace)", "fp32", 2),
+    ]
     assert all(t.error is None and t.median_s > 0 and t.iters == 3 and t.correct is None for t in result.timings)
     assert result.fastest_correct == {} and "timed alone" in result.warnings[0]
     assert len((tmp_path / "b.csv").read_text().splitlines()) == 3

@@ -18,8 +18,22 @@ from typer.testing import CliRunner
 from cifar_resnet_cli.cli import app
 from cifar_resnet_cli.weights import tensor_digest
 
-TINY = ["--dataset", "synthetic", "--synthetic-size", "600", "--val-size", "200", "--batch-size", "50",
-        "--init", "none", "--epochs", "1", "--limit-batches", "1"]  # fmt: skip
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--synthetic-size",
+    "600",
+    "--val-size",
+    "200",
+    "--batch-size",
+    "50",
+    "--init",
+    "none",
+    "--epochs",
+    "1",
+    "--limit-batches",
+    "1",
+]
 
 
 @pytest.fixture(scope="session")
@@ -64,8 +78,9 @@ def _raise(code: int):
 
 @pytest.mark.parametrize("writer", ["port", "export", "eval", "predict", "bench", "train"])
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
-def test_a_full_or_read_only_disk_is_one_line_and_leaves_nothing(cli, checkpoint, tmp_path, monkeypatch, writer,
-                                                                 code) -> None:  # fmt: skip
+def test_a_full_or_read_only_disk_is_one_line_and_leaves_nothing(
+    cli, checkpoint, tmp_path, monkeypatch, writer, code
+) -> None:
     out = tmp_path / "out"
     out.mkdir()
     image = tmp_path / "img.png"

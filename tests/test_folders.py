@@ -29,8 +29,9 @@ def _photo(rng: np.random.Generator, name: str, size: tuple[int, int]) -> Image.
     return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
 
 
-def make_folder(root: Path, *, per_class: int = 12, splits: tuple[str, ...] = ("train", "val", "test"),
-                seed: int = 0) -> Path:  # fmt: skip
+def make_folder(
+    root: Path, *, per_class: int = 12, splits: tuple[str, ...] = ("train", "val", "test"), seed: int = 0
+) -> Path:
     rng = np.random.default_rng(seed)
     for split in splits:
         n = per_class if split == "train" else max(3, per_class // 3)
@@ -45,8 +46,9 @@ def make_folder(root: Path, *, per_class: int = 12, splits: tuple[str, ...] = ("
 
 
 def _read(root: Path, image_size: int = 32, **kw):
-    return load_image_folder(root, image_size, val_size=kw.pop("val_size", None), val_size_chosen=False,
-                             split_seed=0, **kw)  # fmt: skip
+    return load_image_folder(
+        root, image_size, val_size=kw.pop("val_size", None), val_size_chosen=False, split_seed=0, **kw
+    )
 
 
 def test_layout_classes_splits_and_broken_files_listed(tmp_path: Path) -> None:
@@ -68,8 +70,13 @@ def test_layout_classes_splits_and_broken_files_listed(tmp_path: Path) -> None:
     note = next(n for n in data.notes if "skipped" in n)
     assert note.startswith("5 files skipped") and "and 2 more" in note  # the first three are named
     skipped = dict(folders.read_folder(root, 32, tmp_path / "cache2")[0].skipped)
-    assert set(skipped) == {"train/cat/truncated.jpg", "train/dog/not-an-image.png", "train/dog/empty.png",
-                            "train/fox/notes.txt", "train/loose.jpg"}  # fmt: skip
+    assert set(skipped) == {
+        "train/cat/truncated.jpg",
+        "train/dog/not-an-image.png",
+        "train/dog/empty.png",
+        "train/fox/notes.txt",
+        "train/loose.jpg",
+    }
     assert "not an image file extension (.txt)" in skipped["train/fox/notes.txt"]
     assert "not inside a class folder" in skipped["train/loose.jpg"]
     assert "UnidentifiedImageError" in skipped["train/dog/not-an-image.png"]
@@ -249,8 +256,23 @@ def test_the_folder_path_trains_exactly_as_the_cifar_path_on_the_same_images(cli
 
 def test_train_eval_predict_on_a_folder_name_the_users_classes(cli, tmp_path: Path) -> None:
     root = make_folder(tmp_path / "photos", per_class=12)
-    run = cli.json("train", "--dataset", "folder", "--data-dir", root, "--init", "none", "--epochs", "2",
-                   "--batch-size", "12", "--lr", "0.02", "--name", "mine")  # fmt: skip
+    run = cli.json(
+        "train",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        root,
+        "--init",
+        "none",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "12",
+        "--lr",
+        "0.02",
+        "--name",
+        "mine",
+    )
     assert (run["dataset"], run["train_images"], run["val_images"], run["test_images"]) == ("folder", 36, 12, 12)
     settings = json.loads((Path(run["run_dir"]) / "settings.json").read_text())
     assert settings["model"]["num_classes"] == 3 and settings["data"]["val_size"] == 12
@@ -272,10 +294,13 @@ def test_train_eval_predict_on_a_folder_name_the_users_classes(cli, tmp_path: Pa
 def test_folder_without_test_reports_no_test_set(cli, tmp_path: Path) -> None:
     root = make_folder(tmp_path / "photos", per_class=10, splits=("train",))
     (root / "train" / "dog" / "broken.png").write_bytes(b"not a png")
-    run = cli.json("train", "--dataset", "folder", "--data-dir", root, "--init", "none", "--epochs", "1",
-                   "--batch-size", "9")  # fmt: skip
-    assert run["skipped_files"] == ["train/dog/broken.png (UnidentifiedImageError: cannot identify image file "
-                                    f"'{root / 'train' / 'dog' / 'broken.png'}')"]  # fmt: skip
+    run = cli.json(
+        "train", "--dataset", "folder", "--data-dir", root, "--init", "none", "--epochs", "1", "--batch-size", "9"
+    )
+    assert run["skipped_files"] == [
+        "train/dog/broken.png (UnidentifiedImageError: cannot identify image file "
+        f"'{root / 'train' / 'dog' / 'broken.png'}')"
+    ]
     assert run["test_top1"] is None and run["test_images"] == 0
     assert any("no test/ folder" in w for w in run["warnings"])
     r = cli("eval", run["best_checkpoint"])

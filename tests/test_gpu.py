@@ -38,8 +38,26 @@ def test_eager_cuda_equals_cpu_in_fp32() -> None:
 def test_train_on_cuda_with_amp_and_channels_last(cli, amp: str) -> None:
     if amp == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no native bf16")
-    r = cli.json("train", "--device", "cuda", "--dataset", "synthetic", "--synthetic-size", "600", "--val-size", "100",
-                 "--init", "none", "--epochs", "1", "--batch-size", "50", "--amp", amp, "--channels-last")  # fmt: skip
+    r = cli.json(
+        "train",
+        "--device",
+        "cuda",
+        "--dataset",
+        "synthetic",
+        "--synthetic-size",
+        "600",
+        "--val-size",
+        "100",
+        "--init",
+        "none",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "50",
+        "--amp",
+        amp,
+        "--channels-last",
+    )
     assert r["device"].startswith("cuda") and r["history"][0]["train_loss"] == r["history"][0]["train_loss"]
     assert amp in r["precision"] or r["precision"].startswith("asked")
 
@@ -48,8 +66,14 @@ def test_train_on_cuda_with_amp_and_channels_last(cli, amp: str) -> None:
 def test_gpu_check_dry_run_passes_on_the_cpu(tmp_path: Path) -> None:
     """The script a GPU machine runs first: every check on the CPU, small, the CUDA-only ones skipped."""
     env = {**os.environ, "GPU_CHECK_LOGS": str(tmp_path / "logs")}
-    out = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run"], capture_output=True,
-                         text=True, cwd=ROOT, env=env, timeout=900)  # fmt: skip
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
     assert lines[-1].startswith("gpu_check: ") and " 0 failed" in lines[-1]
@@ -60,8 +84,14 @@ def test_gpu_check_dry_run_passes_on_the_cpu(tmp_path: Path) -> None:
 
 def test_gpu_check_reports_failures_and_exits_non_zero(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHON": "false", "GPU_CHECK_LOGS": str(tmp_path / "logs")}  # every check fails
-    out = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run"], capture_output=True,
-                         text=True, cwd=ROOT, env=env, timeout=300)  # fmt: skip
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
     assert out.returncode == 1
     assert out.stdout.splitlines()[-1] == "gpu_check: 0 passed, 6 failed, 2 skipped"
 

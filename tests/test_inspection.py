@@ -19,8 +19,14 @@ def test_imagenet_stem_is_identical_to_torchvision() -> None:
     assert result.passed
     assert result.max_abs_diff == 0.0  # same operations in fp32: exactly equal
     assert [p.name for p in result.parity] == [
-        "stem", "layer1", "layer2", "layer3", "layer4", "features", "logits",
-    ]  # fmt: skip
+        "stem",
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
+        "features",
+        "logits",
+    ]
     assert result.tensors_differing == []
     assert result.tensors_same == len(result.tensors) == 218  # 110 parameters + 108 buffers
     assert result.total_params == result.torchvision_params == 21_289_802

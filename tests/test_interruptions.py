@@ -29,9 +29,27 @@ from cifar_resnet_cli.weights import load_model
 
 # 4 steps an epoch, 2 epochs, a checkpoint every 2 steps; augmentation and CutMix on, so that an
 # exact resume needs the right data order and the right random draws too.
-RUN = ["train", "--dataset", "synthetic", "--synthetic-size", "600", "--val-size", "200", "--batch-size", "50",
-       "--init", "none", "--epochs", "2", "--limit-batches", "4", "--cutmix", "1.0",
-       "--label-smoothing", "0.1"]  # fmt: skip
+RUN = [
+    "train",
+    "--dataset",
+    "synthetic",
+    "--synthetic-size",
+    "600",
+    "--val-size",
+    "200",
+    "--batch-size",
+    "50",
+    "--init",
+    "none",
+    "--epochs",
+    "2",
+    "--limit-batches",
+    "4",
+    "--cutmix",
+    "1.0",
+    "--label-smoothing",
+    "0.1",
+]
 EVERY_2 = ["--checkpoint-every", "2"]
 
 
@@ -42,8 +60,14 @@ def _env(root: Path) -> dict[str, str]:
 
 
 def _start(root: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cifar_resnet_cli", *args], cwd=root, env=_env(root),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "cifar_resnet_cli", *args],
+        cwd=root,
+        env=_env(root),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
@@ -133,8 +157,22 @@ def test_kill_9_in_the_middle_of_a_save(reference: Path, tmp_path: Path) -> None
 # In-process: injected failures
 # ---------------------------------------------------------------------------------------------
 
-TINY = ["--dataset", "synthetic", "--synthetic-size", "600", "--val-size", "200", "--batch-size", "50",
-        "--init", "none", "--epochs", "2", "--limit-batches", "2"]  # fmt: skip
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--synthetic-size",
+    "600",
+    "--val-size",
+    "200",
+    "--batch-size",
+    "50",
+    "--init",
+    "none",
+    "--epochs",
+    "2",
+    "--limit-batches",
+    "2",
+]
 
 
 def _fail_once(monkeypatch, module, name: str, when) -> dict:

@@ -10,8 +10,9 @@ import pytest
 from cifar_resnet_cli.intervals import Z95, paired_difference_interval, proportion_interval
 
 
-@pytest.mark.parametrize(("k", "n", "low", "high"), [(81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605),
-                                                     (0, 10, 0.0, 0.2775)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("k", "n", "low", "high"), [(81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605), (0, 10, 0.0, 0.2775)]
+)
 def test_wilson_interval_matches_published_values(k: int, n: int, low: float, high: float) -> None:
     """Newcombe (1998), "Two-sided confidence intervals for the single proportion", Table II."""
     assert proportion_interval(k, n) == pytest.approx((low, high), abs=5e-5)

@@ -14,8 +14,17 @@ def test_imagenet_stem_has_torchvision_names_shapes_and_order() -> None:
     assert list(ours) == list(theirs)
     assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
     assert [n for n, _ in resnet34().named_children()] == [
-        "conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc",
-    ]  # fmt: skip
+        "conv1",
+        "bn1",
+        "relu",
+        "maxpool",
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
+        "avgpool",
+        "fc",
+    ]
 
 
 def test_torchvision_state_dict_loads_strictly_and_computes_the_same() -> None:

@@ -68,9 +68,20 @@ def test_metadata_is_readable_with_plain_safetensors(cli, resnet34_pth: Path, tm
 def test_cifar_stem_conv1(cli, resnet34_pth: Path, tmp_path: Path, mode: str, word: str) -> None:
     out = tmp_path / "w.safetensors"
     result = PortResult.model_validate(
-        cli.json("port", "--from", resnet34_pth, "--out", out, "--stem", "cifar", "--dataset", "cifar100",
-                 "--conv1-init", mode)
-    )  # fmt: skip
+        cli.json(
+            "port",
+            "--from",
+            resnet34_pth,
+            "--out",
+            out,
+            "--stem",
+            "cifar",
+            "--dataset",
+            "cifar100",
+            "--conv1-init",
+            mode,
+        )
+    )
     assert result.conv1 == word and result.max_abs_diff <= 1e-6
     model, meta = load_model(out)
     assert meta.stem == "cifar" and meta.num_classes == 100 and meta.conv1 == word

@@ -64,13 +64,17 @@ def test_eval_export_bench_and_ablate_report_each_long_step(checkpoint: Path, tm
     (images / "broken.png").write_bytes(b"not an image")  # counted too: every file is accounted for
     cases = [
         (lambda r: evaluate_checkpoint(settings, checkpoint, tasks=r), ["eval test (120 images)"]),
-        (lambda r: export_model(settings, checkpoint, tasks=r),
-         ["trace fp32 archive: write, load back, verify", "frozen fp32 archive: write, load back, verify"]),
-        (lambda r: benchmark(settings, checkpoint, tasks=r),
-         ["eager fp32 nchw: build, warm up, time", "trace fp32 nchw: build, warm up, time"]),
+        (
+            lambda r: export_model(settings, checkpoint, tasks=r),
+            ["trace fp32 archive: write, load back, verify", "frozen fp32 archive: write, load back, verify"],
+        ),
+        (
+            lambda r: benchmark(settings, checkpoint, tasks=r),
+            ["eager fp32 nchw: build, warm up, time", "trace fp32 nchw: build, warm up, time"],
+        ),
         (lambda r: ablate(settings, checkpoint, limit=20, tasks=r), ["ablation: 21 evaluations of 20 images"]),
         (lambda r: predict_images(settings, checkpoint, [images], tasks=r), ["classifying 3 images"]),
-    ]  # fmt: skip
+    ]
     for run, expected in cases:
         recorder = Recorder()
         run(recorder)
@@ -79,9 +83,20 @@ def test_eval_export_bench_and_ablate_report_each_long_step(checkpoint: Path, tm
 
 
 def test_feature_caching_validation_and_test_are_reported(tmp_path: Path) -> None:
-    settings = load_settings(None, {**SYNTH, "train": {"init": "none", "epochs": 2, "batch_size": 50,
-                                                       "freeze_backbone": True, "augment": False,
-                                                       "limit_batches": 2}})  # fmt: skip
+    settings = load_settings(
+        None,
+        {
+            **SYNTH,
+            "train": {
+                "init": "none",
+                "epochs": 2,
+                "batch_size": 50,
+                "freeze_backbone": True,
+                "augment": False,
+                "limit_batches": 2,
+            },
+        },
+    )
     recorder = Recorder()
     result = train(settings, recorder)
     recorder.assert_complete()

@@ -35,8 +35,14 @@ def test_ema_decay_warms_up_as_timm_and_averages_as_stated() -> None:
 
 
 def test_resume_is_bit_identical_with_ema_and_batched_augmentation() -> None:
-    kw = {"limit_batches": 3, "ema_decay": 0.9, "auto_augment": "trivialaugment", "random_erase": 0.5,
-          "clip_grad": 5.0, "amp": "off"}  # fmt: skip
+    kw = {
+        "limit_batches": 3,
+        "ema_decay": 0.9,
+        "auto_augment": "trivialaugment",
+        "random_erase": 0.5,
+        "clip_grad": 5.0,
+        "amp": "off",
+    }
     straight = train(_settings(train={**kw, "name": "straight"}))
     with pytest.raises(TrainingInterrupted):
         train(_settings(train={**kw, "name": "split"}), _InterruptAt(epoch=2, step=1))
@@ -57,8 +63,15 @@ def test_accumulation_equals_the_larger_batch() -> None:
     # A frozen backbone keeps BatchNorm in eval mode, so 4 batches of 15 compute what one batch of 60
     # does; only the order of floating-point sums differs (about 1e-7 relative per sum), which is far
     # below 1e-3 of the update, while a wrong loss scale (x4) would be the size of the update itself.
-    common = {"freeze_backbone": True, "cache_features": False, "augment": True, "amp": "off", "epochs": 1,
-              "lr": 0.5, "limit_batches": 3}  # fmt: skip
+    common = {
+        "freeze_backbone": True,
+        "cache_features": False,
+        "augment": True,
+        "amp": "off",
+        "epochs": 1,
+        "lr": 0.5,
+        "limit_batches": 3,
+    }
     big = train(_settings(train={**common, "batch_size": 60, "name": "big"}))
     small = train(_settings(train={**common, "batch_size": 15, "accum_steps": 4, "name": "accum"}))
     assert big.steps_per_epoch == small.steps_per_epoch == 3
@@ -77,8 +90,15 @@ def _initial_fc() -> torch.Tensor:
 
 
 def test_clip_grad_bounds_every_update() -> None:
-    kw = {"freeze_backbone": True, "amp": "off", "epochs": 1, "limit_batches": 4, "weight_decay": 0.0,
-          "momentum": 0.0, "lr": 1.0}  # fmt: skip
+    kw = {
+        "freeze_backbone": True,
+        "amp": "off",
+        "epochs": 1,
+        "limit_batches": 4,
+        "weight_decay": 0.0,
+        "momentum": 0.0,
+        "lr": 1.0,
+    }
     clipped = train(_settings(train={**kw, "clip_grad": 1e-3, "name": "clipped"}))
     free = train(_settings(train={**kw, "name": "free"}))
     w0 = _initial_fc()
@@ -89,8 +109,20 @@ def test_clip_grad_bounds_every_update() -> None:
 
 def test_patience_stops_and_top_k_keeps_the_k_best(cli) -> None:
     # A learning rate of 1e-9 cannot improve validation top-1, so --patience 1 stops after epoch 2.
-    flat = cli.json("train", *TINY, "--epochs", "5", "--freeze-backbone", "--no-augment", "--lr", "1e-9",
-                    "--patience", "1", "--name", "flat")  # fmt: skip
+    flat = cli.json(
+        "train",
+        *TINY,
+        "--epochs",
+        "5",
+        "--freeze-backbone",
+        "--no-augment",
+        "--lr",
+        "1e-9",
+        "--patience",
+        "1",
+        "--name",
+        "flat",
+    )
     assert flat["stopped_early_epoch"] == 2 and len(flat["history"]) == 2 and flat["best_epoch"] == 1
     run = cli.json("train", *TINY, "--epochs", "4", "--keep-top-k", "2", "--name", "topk")
     rows = [json.loads(line) for line in (Path(run["run_dir"]) / "metrics.jsonl").read_text().splitlines()]

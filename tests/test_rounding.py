@@ -18,8 +18,14 @@ def _smooth_images(n: int, generator: torch.Generator) -> torch.Tensor:
 
 def _model(generator: torch.Generator) -> nn.Module:
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
-    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(8 * 16 * 16, 10)).eval()  # fmt: skip
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 16 * 16, 10),
+    ).eval()
 
 
 def _on_grid(weight: torch.Tensor) -> bool:

@@ -89,10 +89,33 @@ def test_matmul_rate_is_a_positive_rate() -> None:
 
 @pytest.mark.slow
 def test_one_tiny_real_round_of_the_training_benchmark(cifar10_dir: Path) -> None:
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--data-dir", str(cifar10_dir),
-           "--configs", "imagenet-stem-32px", "--variants", "ours-unfused", "--batch-size", "8", "--steps", "2",
-           "--warmup", "1", "--min-rounds", "1", "--max-rounds", "1", "--workers", "0", "--matmul-size", "128",
-           "--profile", "1", "--json"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "train_throughput.py"),
+        "--data-dir",
+        str(cifar10_dir),
+        "--configs",
+        "imagenet-stem-32px",
+        "--variants",
+        "ours-unfused",
+        "--batch-size",
+        "8",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--min-rounds",
+        "1",
+        "--max-rounds",
+        "1",
+        "--workers",
+        "0",
+        "--matmul-size",
+        "128",
+        "--profile",
+        "1",
+        "--json",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout)

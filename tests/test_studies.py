@@ -14,8 +14,22 @@ from cifar_resnet_cli.compare import CompareResult
 from cifar_resnet_cli.model import resnet34
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--dataset", "synthetic", "--synthetic-size", "600", "--val-size", "200", "--batch-size", "50",
-        "--init", "none", "--epochs", "2", "--limit-batches", "4"]  # fmt: skip
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--synthetic-size",
+    "600",
+    "--val-size",
+    "200",
+    "--batch-size",
+    "50",
+    "--init",
+    "none",
+    "--epochs",
+    "2",
+    "--limit-batches",
+    "4",
+]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -90,13 +104,23 @@ def test_examples_run_on_synthetic(name: str, tmp_path: Path) -> None:
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "DATASET": "synthetic", "EPOCHS": "1", "WEIGHTS": "none", "BENCH_ITERS": "3", "ABLATE_LIMIT": "50",
+        "DATASET": "synthetic",
+        "EPOCHS": "1",
+        "WEIGHTS": "none",
+        "BENCH_ITERS": "3",
+        "ABLATE_LIMIT": "50",
         "BENCH_VARIANTS": "eager,trace",
         "OUT": str(tmp_path / "out"),
         "EXTRA_ARGS": "--synthetic-size 300 --val-size 100 --limit-batches 1 --batch-size 32",
-    }  # fmt: skip
-    proc = subprocess.run(["bash", str(ROOT / "examples" / f"{name}.sh")], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    }
+    proc = subprocess.run(
+        ["bash", str(ROOT / "examples" / f"{name}.sh")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = list((tmp_path / "out" / "runs").iterdir())
     assert runs and all((r / "summary.json").is_file() for r in runs)

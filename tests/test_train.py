@@ -24,13 +24,27 @@ from cifar_resnet_cli.train import NullProgress, TrainingInterrupted, TrainResul
 from cifar_resnet_cli.weights import load_model
 
 # Small and fast on a 2-core CPU: the imagenet stem at 32 px, a few hundred synthetic images.
-TINY = ["--dataset", "synthetic", "--synthetic-size", "600", "--val-size", "200", "--batch-size", "50",
-        "--init", "none", "--epochs", "2"]  # fmt: skip
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--synthetic-size",
+    "600",
+    "--val-size",
+    "200",
+    "--batch-size",
+    "50",
+    "--init",
+    "none",
+    "--epochs",
+    "2",
+]
 
 
 def _settings(**sections):
-    base = {"data": {"dataset": "synthetic", "synthetic_size": 600, "val_size": 200},
-            "train": {"init": "none", "epochs": 2, "batch_size": 50}}  # fmt: skip
+    base = {
+        "data": {"dataset": "synthetic", "synthetic_size": 600, "val_size": 200},
+        "train": {"init": "none", "epochs": 2, "batch_size": 50},
+    }
     for key, value in sections.items():
         base.setdefault(key, {}).update(value)
     return load_settings(None, base)
@@ -39,9 +53,25 @@ def _settings(**sections):
 @pytest.mark.numerics
 def test_short_fine_tune_learns_synthetic(cli, tmp_path: Path) -> None:
     r = TrainResult.model_validate(
-        cli.json("train", "--dataset", "synthetic", "--synthetic-size", "2000", "--val-size", "500",
-                 "--batch-size", "64", "--init", "none", "--epochs", "2", "--amp", "bf16", "--channels-last")
-    )  # fmt: skip
+        cli.json(
+            "train",
+            "--dataset",
+            "synthetic",
+            "--synthetic-size",
+            "2000",
+            "--val-size",
+            "500",
+            "--batch-size",
+            "64",
+            "--init",
+            "none",
+            "--epochs",
+            "2",
+            "--amp",
+            "bf16",
+            "--channels-last",
+        )
+    )
     # Measured (docs/numerics.md): 1.000 in bf16 and fp32, natively (AMX) and with oneDNN held to AVX-512
     # without bf16 or to AVX2; before residual branches started at zero, 0.40 to 0.91 by the CPU's rounding.
     assert r.history[0].train_loss < math.log(10), r.history  # starts below chance's loss, not diverging
@@ -51,9 +81,16 @@ def test_short_fine_tune_learns_synthetic(cli, tmp_path: Path) -> None:
     assert run == Path("runs/train")
     assert (r.best_checkpoint, r.last_checkpoint) == ("runs/train/best.safetensors", "runs/train/last.safetensors")
     assert {p.name for p in run.iterdir()} == {
-        "settings.json", "metrics.jsonl", "metrics.csv", "last.safetensors", "last.state.safetensors",
-        "best.safetensors", "summary.json", "curves.png", "tensorboard",
-    }  # fmt: skip
+        "settings.json",
+        "metrics.jsonl",
+        "metrics.csv",
+        "last.safetensors",
+        "last.state.safetensors",
+        "best.safetensors",
+        "summary.json",
+        "curves.png",
+        "tensorboard",
+    }
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
     assert json.loads((run / "settings.json").read_text())["train"]["amp"] == "bf16"
@@ -67,7 +104,11 @@ def test_without_a_terminal_progress_is_plain_lines_and_metrics_csv_equals_jsonl
     assert r.exit_code == 0, r.stderr
     lines = [line for line in r.stderr.splitlines() if " step " in line]
     assert [line.split(" loss ")[0] for line in lines] == [
-        "epoch 1/2 step 3/4", "epoch 1/2 step 4/4", "epoch 2/2 step 3/4", "epoch 2/2 step 4/4"]  # fmt: skip
+        "epoch 1/2 step 3/4",
+        "epoch 1/2 step 4/4",
+        "epoch 2/2 step 3/4",
+        "epoch 2/2 step 4/4",
+    ]
     assert all(" top-1 " in line and " lr " in line and line.endswith(" img/s") for line in lines)
     assert "\x1b" not in r.stderr  # no control codes in a log file
     assert "Training run runs/train" in r.stdout and "…" not in r.stdout  # 80 columns: no number cut short
@@ -136,8 +177,14 @@ def test_eval_equals_an_independent_computation(cli, tmp_path: Path) -> None:
 
     model, meta = load_model(ckpt)
     model.eval()
-    data = load_cifar("synthetic", tmp_path / "cache" / "cifar-resnet" / "data", download=False, val_size=200,
-                      split_seed=0, synthetic_size=600)  # fmt: skip
+    data = load_cifar(
+        "synthetic",
+        tmp_path / "cache" / "cifar-resnet" / "data",
+        download=False,
+        val_size=200,
+        split_seed=0,
+        synthetic_size=600,
+    )
     x = data.test.images.float() / 255
     x = (x - torch.tensor(meta.mean).view(1, 3, 1, 1)) / torch.tensor(meta.std).view(1, 3, 1, 1)
     with torch.inference_mode():
