@@ -35,9 +35,9 @@ echo "== 6. Feature extraction: frozen backbone, features computed once, head tr
 cifar-resnet train "${SYNTH[@]}" --init "$OUT/random-synthetic.safetensors" --freeze-backbone --no-augment \
     --epochs 5 --lr 0.01 --name frozen
 
-echo "== 7. Training every layer from scratch (bf16 autocast, channels-last), then eval of the best checkpoint ==" >&2
+echo "== 7. Training every layer from scratch (--amp auto says which precision and why), then eval of the best checkpoint ==" >&2
 run=$(cifar-resnet train "${SYNTH[@]}" --init none --epochs 2 --batch-size 64 \
-    --amp bf16 --channels-last --name scratch --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["run_dir"])')
+    --name scratch --json | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["precision"], file=sys.stderr); print(r["run_dir"])')
 cifar-resnet eval "$run/best.safetensors" --data-dir "$OUT/data" --confusion "$run/confusion.csv"
 
 echo "== 8. Export every kind (TorchScript, AOTInductor .pt2, ONNX) and int8 ONNX, each verified; eval archives ==" >&2
