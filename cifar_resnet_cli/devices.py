@@ -12,7 +12,7 @@ import torch
 
 from .errors import DeviceError
 
-MIN_RUN_STEPS = 200  # timing costs 2 x 4 steps: at most 4% of a run this long
+MIN_RUN_STEPS = 200  # timing costs 2 x 5 steps: at most 5% of a run this long
 
 
 def resolve_device(name: str) -> torch.device:
