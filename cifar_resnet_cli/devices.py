@@ -137,7 +137,9 @@ def _cpu_auto(channels_last: bool | None, timer: StepTimer | None, run_steps: in
     native = [f for f in cpu_matrix_flags() if f in ("amx_bf16", "avx512_bf16")]
     if not native:
         return "off", "auto: this CPU has neither AMX nor AVX-512 bf16, so bf16 would be emulated: fp32", ""
-    if timer is None or run_steps is None or run_steps < MIN_RUN_STEPS:
+    if timer is None:  # under torchrun: each process would time differently and could choose differently
+        return "off", "auto: fp32 (bf16 is only chosen by timing this run, which torchrun runs do not do)", ""
+    if run_steps is None or run_steps < MIN_RUN_STEPS:
         return "off", f"auto: fp32 (a run of {run_steps or 0} steps is too short to repay timing bf16 against it)", ""
     start = time.perf_counter()
     fp32 = timer("off", bool(channels_last))

@@ -145,6 +145,7 @@ AMX = ["amx_bf16", "amx_tile", "avx512_bf16", "avx512f"]
         (AMX, "cpu", None, (100, 113), 1000, ("off", False), "not 5% faster"),  # ImageNet stem, 32 px, AMX
         (AMX, "cpu", None, (100, 96), 1000, ("off", False), "not 5% faster"),  # a tie goes to fp32
         (AMX, "cpu", None, (100, 40), 199, ("off", False), "too short"),  # a run too short to time
+        (AMX, "cpu", None, None, 1000, ("off", False), "torchrun"),  # no timer: torchrun's processes
         (["avx512f"], "cpu", None, None, 1000, ("off", False), "emulated"),  # never timed: emulated bf16
         ([], "cpu", None, None, 1000, ("off", False), "emulated"),
         ([], "cuda", True, None, 1000, ("bf16", True), "natively"),
@@ -167,7 +168,8 @@ def test_amp_auto_choices(monkeypatch, flags, device, bf16_gpu, ms, steps, expec
         timed.append((amp, channels_last))
         return ms[amp == "bf16"] / 1e3
 
-    chosen = devices.resolve_precision("auto", None, torch.device(device), timer=timer, run_steps=steps)
+    given = None if ms is None and says == "torchrun" else timer
+    chosen = devices.resolve_precision("auto", None, torch.device(device), timer=given, run_steps=steps)
     assert (chosen.amp, chosen.channels_last) == expected and chosen.reason.startswith("auto")
     assert says in chosen.reason, chosen.reason
     if timed:
