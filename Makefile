@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## the main job end to end, offline
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
 
-test: $(STAMP)  ## the test suite (CPU; two workers, one thread each: about 8 minutes on 2 cores)
+test: $(STAMP)  ## the test suite (CPU; two workers, one thread each)
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 # oneDNN and ATen held to older instruction sets: other kernels, and bf16 emulated without avx512_bf16.
