@@ -382,16 +382,24 @@ def _write_int8(job: _Job, model: nn.Module, tmp: Path, metadata: str) -> HeldOu
     source = model if job.weight_rounding == "nearest" else rounded
     with Int8Writer(onnx_proto(Deployed(source).eval(), job.example, metadata), job.calibration or []) as writer:
         writer.write(tmp)
-        held_out = _score_int8(job, _file_logits(job, tmp), rounding)
+        all_int8 = _file_logits(job, tmp)
+        held_out = _score_int8(job, all_int8, rounding)
         if held_out.accuracy_drop <= job.max_drop or job.max_float_layers == 0:
             return held_out
-        return _fallback(job, writer, tmp, rounding, held_out, model)
+        return _fallback(job, writer, tmp, rounding, held_out, all_int8, model)
 
 
 def _fallback(
-    job: _Job, writer: Int8Writer, tmp: Path, rounding: Rounding, all_int8: HeldOut, model: nn.Module
+    job: _Job,
+    writer: Int8Writer,
+    tmp: Path,
+    rounding: Rounding,
+    all_int8: HeldOut,
+    all_int8_logits: Tensor,
+    model: nn.Module,
 ) -> HeldOut:
-    """Keep the fewest most sensitive layers in float until the drop fits, or refuse (int8_fallback.py)."""
+    """Keep the fewest most sensitive layers in float until the drop fits, or refuse (int8_fallback.py).
+    ``all_int8_logits``: the all-int8 file's logits on every held-out image, already computed."""
     assert job.held_out is not None and job.held_out_logits is not None
     scratch = Path(writer.prepared).with_name("all.int8.onnx")
     shutil.copyfile(tmp, scratch)
@@ -408,7 +416,6 @@ def _fallback(
         limit=job.max_float_layers,
     )
     _, report = split(len(held.labels))
-    all_on_report = drop_points(_file_logits(job, scratch, report), job.held_out_logits[report], held.labels[report])
     if search.every_layer_drop is not None:
         raise VerificationError(
             f"the int8 archive loses {all_int8.accuracy_drop:.2f} points of top-1 on {all_int8.images} held-out images "
@@ -440,6 +447,7 @@ def _fallback(
             "ship the fp32 ONNX file (export --method onnx), or calibrate on more images (--calibration-images)",
         )
     held_out = _score_int8(job, _file_logits(job, tmp, report), rounding, report)
+    all_on_report = drop_points(all_int8_logits[report], job.held_out_logits[report], held.labels[report])
     fallback = Int8Fallback(
         all_int8_drop=all_int8.accuracy_drop,
         all_int8_drop_on_report=all_on_report,
