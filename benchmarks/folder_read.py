@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from cifar_resnet_cli.devices import cpu_matrix_flags, cpu_name
-from cifar_resnet_cli.folders import read_folder
+from cifar_resnet_cli.core.devices import cpu_matrix_flags, cpu_name
+from cifar_resnet_cli.data.folders import read_folder
 
 
 def main(argv: list[str] | None = None) -> int:

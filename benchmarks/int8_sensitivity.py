@@ -31,13 +31,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from cifar_resnet_cli.archives import optional
-from cifar_resnet_cli.devices import cpu_matrix_flags, cpu_name
-from cifar_resnet_cli.export import Deployed, int8_data
-from cifar_resnet_cli.rounding import round_weights
-from cifar_resnet_cli.settings import load_settings
-from cifar_resnet_cli.weights import load_model
-from cifar_resnet_cli.writers import onnx_proto, quantize_onnx, save_onnx
+from cifar_resnet_cli.core.devices import cpu_matrix_flags, cpu_name
+from cifar_resnet_cli.core.settings import load_settings
+from cifar_resnet_cli.deploy.export import Deployed, int8_data
+from cifar_resnet_cli.deploy.rounding import round_weights
+from cifar_resnet_cli.deploy.writers import onnx_proto, quantize_onnx, save_onnx
+from cifar_resnet_cli.model.archives import optional
+from cifar_resnet_cli.model.weights import load_model
 
 STAGES = ("layer1", "layer2", "layer3", "layer4", "fc")  # anything else is the stem
 

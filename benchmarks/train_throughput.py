@@ -6,11 +6,11 @@ Pipelines (same data, same model, same batch, same optimiser: SGD, momentum 0.9,
   conventional   ``torchvision.datasets.CIFAR10`` + transforms (RandomCrop(32, padding=4),
                  RandomHorizontalFlip, ToTensor, Normalize, and Resize for transfer) + ``DataLoader``
                  with worker processes, fp32 eager steps: the PyTorch CIFAR tutorials.
-  ours           ``cifar_resnet_cli.train.train`` as a user runs it (its defaults: device-resident
+  ours           ``cifar_resnet_cli.training.train.train`` as a user runs it (its defaults: device-resident
                  uint8 data, batched augmentation on the device, ``--amp auto``, fused optimiser).
   ours-*         ours with one thing changed, to measure what that thing is worth (``--variants``).
 
-Method: rounds (``cifar_resnet_cli.rounds``): each round times every pipeline once, order reversed
+Method: rounds (``cifar_resnet_cli.measure.timing``): each round times every pipeline once, order reversed
 every other round; each pipeline first runs ``--warmup`` untimed steps, then ``--steps`` timed ones.
 The ratio of each round over the baseline is taken; rounds go on until the interquartile range of
 the ratios is within ``--tolerance`` of their median (at least ``--min-rounds``), or
@@ -44,13 +44,13 @@ import torchvision
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-import cifar_resnet_cli.train as training
-from cifar_resnet_cli.data import CIFAR_STATS
-from cifar_resnet_cli.devices import cpu_matrix_flags, cpu_name, resolve_precision
-from cifar_resnet_cli.machine import matmul_rate, model_flops
-from cifar_resnet_cli.model import resnet34
-from cifar_resnet_cli.rounds import Measure, Rounds, interleave
-from cifar_resnet_cli.settings import load_settings
+import cifar_resnet_cli.training.train as training
+from cifar_resnet_cli.core.devices import cpu_matrix_flags, cpu_name, resolve_precision
+from cifar_resnet_cli.core.kinds import CIFAR_STATS
+from cifar_resnet_cli.core.settings import load_settings
+from cifar_resnet_cli.measure.machine import matmul_rate, model_flops
+from cifar_resnet_cli.measure.timing import Measure, Rounds, interleave
+from cifar_resnet_cli.model.resnet import resnet34
 
 CONFIGS = {
     "cifar-stem-32px": ("cifar", 32),

@@ -19,23 +19,23 @@ __all__ = [
 
 def __getattr__(name: str):  # lazy: `cifar-resnet --version` should not import torch
     if name in {"resnet34", "freeze_backbone", "replace_head", "unfreeze_backbone"}:
-        from . import model
+        from .model import resnet as model
 
         return getattr(model, name)
     if name == "build_model":
-        from .model import resnet34
+        from .model.resnet import resnet34
 
         return resnet34
     if name in {"Settings", "load_settings"}:
-        from . import settings
+        from .core import settings
 
         return getattr(settings, name)
     if name == "load_model":
-        from .weights import load_model
+        from .model.weights import load_model
 
         return load_model
     if name == "CifarResnetError":
-        from .errors import CifarResnetError
+        from .core.errors import CifarResnetError
 
         return CifarResnetError
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

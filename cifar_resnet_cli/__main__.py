@@ -1,6 +1,6 @@
 """``python -m cifar_resnet_cli``: the same CLI; ``torchrun -m cifar_resnet_cli`` uses this."""
 
-from .cli import main
+from .cli.app import main
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from cifar_resnet_cli.datasets import ImageSet, load_cifar
+from cifar_resnet_cli.data.loading import load_dataset
+from cifar_resnet_cli.data.sets import ImageSet
 
 
 def write_split(images: ImageSet, classes: tuple[str, ...], out: Path, offset: int = 0) -> None:
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.exists() and any(args.out.iterdir()):
         print(f"{args.out} is not empty; give a new folder", file=sys.stderr)
         return 1
-    data = load_cifar(args.dataset, args.data_dir, download=False, val_size=args.val_size, split_seed=args.split_seed)
+    data = load_dataset(args.dataset, args.data_dir, download=False, val_size=args.val_size, split_seed=args.split_seed)
     for name, split in (("train", data.train), ("val", data.val), ("test", data.test)):
         write_split(split, data.classes, args.out / name)
     print(f"{args.out}: {len(data.train)} train, {len(data.val)} val, {len(data.test)} test images")

@@ -20,7 +20,7 @@ def reference() -> str:
     import typer.cli
     import typer.main
 
-    from cifar_resnet_cli.cli import app
+    from cifar_resnet_cli.cli.app import app
 
     command = typer.main.get_command(app)
     text = typer.cli.get_docs_for_click(

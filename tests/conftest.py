@@ -12,8 +12,8 @@ import torch
 import torchvision
 from typer.testing import CliRunner
 
-from cifar_resnet_cli.cli import app
-from cifar_resnet_cli.inspection import randomise_batchnorm
+from cifar_resnet_cli.cli.app import app
+from cifar_resnet_cli.model.inspection import randomise_batchnorm
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Under `pytest -n N` (make test), N workers share the cores: one thread each, for this process and
@@ -103,7 +103,7 @@ def write_cifar10(folder: Path, *, train_per_batch: int = 40, test: int = 50, se
     for i in range(1, 6):
         (root / f"data_batch_{i}").write_bytes(pickle.dumps(batch(train_per_batch, f"training batch {i} of 5"), 2))
     (root / "test_batch").write_bytes(pickle.dumps(batch(test, "testing batch 1 of 1"), 2))
-    from cifar_resnet_cli.data import CIFAR10_CLASSES
+    from cifar_resnet_cli.core.kinds import CIFAR10_CLASSES
 
     meta = {"num_cases_per_batch": train_per_batch, "label_names": list(CIFAR10_CLASSES), "num_vis": 3072}
     (root / "batches.meta").write_bytes(pickle.dumps(meta, 2))
@@ -136,9 +136,9 @@ def assert_fp32_close(out: torch.Tensor, expected: torch.Tensor) -> None:
 def assert_same_run(a: Path, b: Path) -> None:
     """Two run folders hold the same training: checkpoint weights, optimiser state and progress
     bit for bit, every metrics row but its timing fields, and last/best weights; no leftovers."""
-    from cifar_resnet_cli import rundir
-    from cifar_resnet_cli.checkpoint import read_generation
-    from cifar_resnet_cli.weights import read_weights
+    from cifar_resnet_cli.model.weights import read_weights
+    from cifar_resnet_cli.training import rundir
+    from cifar_resnet_cli.training.checkpoint import read_generation
 
     ga, gb = read_generation(a), read_generation(b)
     assert ga.weights.keys() == gb.weights.keys()

@@ -17,16 +17,16 @@ import pytest
 import torch
 from conftest import Cli, squash
 
-from cifar_resnet_cli import archives as archives_module
-from cifar_resnet_cli import export as export_module
-from cifar_resnet_cli import report
-from cifar_resnet_cli import runtimes as runtimes_module
-from cifar_resnet_cli.augment import preprocess
-from cifar_resnet_cli.bench import BenchResult
-from cifar_resnet_cli.datasets import load_cifar
-from cifar_resnet_cli.export import ExportResult, methods_for_all
-from cifar_resnet_cli.settings import load_settings
-from cifar_resnet_cli.weights import load_model, save_weights
+from cifar_resnet_cli.cli import render as report
+from cifar_resnet_cli.core.settings import load_settings
+from cifar_resnet_cli.data.augment import preprocess
+from cifar_resnet_cli.data.loading import load_dataset
+from cifar_resnet_cli.deploy import export as export_module
+from cifar_resnet_cli.deploy import runtimes as runtimes_module
+from cifar_resnet_cli.deploy.export import ExportResult, methods_for_all
+from cifar_resnet_cli.measure.bench import BenchResult
+from cifar_resnet_cli.model import archives as archives_module
+from cifar_resnet_cli.model.weights import load_model, save_weights
 
 onnx = pytest.importorskip("onnx", reason="the [onnx] extra is part of make test")
 ort = pytest.importorskip("onnxruntime", reason="the [onnx] extra is part of make test")
@@ -205,7 +205,7 @@ def test_eval_and_predict_of_every_kind_equal_the_checkpoint(cli, trained: Path,
     # Images whose two best fp32 logits lie within the fp32 tolerance may swap under another runtime's
     # summation order; no other image may.
     model, meta = load_model(trained)
-    data = load_cifar(
+    data = load_dataset(
         "synthetic",
         trained.parent.parent.parent / "data",
         download=False,
@@ -517,7 +517,7 @@ def test_a_size_guard_in_the_graph_narrows_the_batch_range_instead_of_failing() 
     Dim(max=65536) was refused ("Constraints violated (batch)", H200). The same kind of guard here: the
     export must succeed, run batch 1 and another batch, and refuse a batch past the guard, not
     silently take the traced branch."""
-    from cifar_resnet_cli.writers import _batch_dim
+    from cifar_resnet_cli.deploy.writers import _batch_dim
 
     class SizeGuarded(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from cifar_resnet_cli import autoaugment as A
+from cifar_resnet_cli.data import autoaugment as A
 
 
 @pytest.fixture

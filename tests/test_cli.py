@@ -9,7 +9,7 @@ import pytest
 from conftest import squash
 
 from cifar_resnet_cli import __version__
-from cifar_resnet_cli.inspection import InspectResult
+from cifar_resnet_cli.model.inspection import InspectResult
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,8 +71,8 @@ def test_debug_shows_the_traceback(cli, tmp_path: Path) -> None:
 
 def test_every_train_flag_reaches_the_settings(cli, monkeypatch) -> None:
     """No flag is accepted and ignored: each one changes the resolved settings."""
-    from cifar_resnet_cli import train as train_module
-    from cifar_resnet_cli.settings import Settings
+    from cifar_resnet_cli.core.settings import Settings
+    from cifar_resnet_cli.training import train as train_module
 
     seen = {}
 
@@ -142,7 +142,7 @@ def test_every_train_flag_reaches_the_settings(cli, monkeypatch) -> None:
 def test_familiar_spellings_and_one_default_notation(cli) -> None:
     from typer.main import get_command
 
-    from cifar_resnet_cli.cli import app
+    from cifar_resnet_cli.cli.app import app
 
     group = get_command(app)
     train = group.commands["train"]

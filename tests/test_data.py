@@ -6,13 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifar_resnet_cli.augment import cutmix, mix_batch, mixup, one_hot, preprocess, random_crop_flip
-from cifar_resnet_cli.datasets import DataError, load_cifar, write_synthetic
+from cifar_resnet_cli.data.augment import cutmix, mix_batch, mixup, one_hot, preprocess, random_crop_flip
+from cifar_resnet_cli.data.loading import load_dataset
+from cifar_resnet_cli.data.sets import DataError
+from cifar_resnet_cli.data.synthetic import write_synthetic
 from tests.conftest import MINI
 
 
 def test_reads_official_layout_into_uint8_tensors(cifar10_dir: Path) -> None:
-    data = load_cifar("cifar10", cifar10_dir, download=False, val_size=20, split_seed=0)
+    data = load_dataset("cifar10", cifar10_dir, download=False, val_size=20, split_seed=0)
     assert data.train.images.dtype == torch.uint8 and data.train.images.shape == (180, 3, 32, 32)
     assert len(data.val) == 20 and len(data.test) == 50 and data.classes[0] == "airplane"
     # The first image of data_batch_1, pixel by pixel: channel-major rows of 32, as CIFAR stores them.
@@ -23,9 +25,9 @@ def test_reads_official_layout_into_uint8_tensors(cifar10_dir: Path) -> None:
 
 
 def test_split_is_seeded_and_disjoint(cifar10_dir: Path) -> None:
-    a = load_cifar("cifar10", cifar10_dir, download=False, val_size=30, split_seed=1)
-    b = load_cifar("cifar10", cifar10_dir, download=False, val_size=30, split_seed=1)
-    c = load_cifar("cifar10", cifar10_dir, download=False, val_size=30, split_seed=2)
+    a = load_dataset("cifar10", cifar10_dir, download=False, val_size=30, split_seed=1)
+    b = load_dataset("cifar10", cifar10_dir, download=False, val_size=30, split_seed=1)
+    c = load_dataset("cifar10", cifar10_dir, download=False, val_size=30, split_seed=2)
     assert torch.equal(a.val.images, b.val.images) and not torch.equal(a.val.images, c.val.images)
     flat = lambda s: {bytes(img.flatten().tolist()) for img in s.images}  # noqa: E731
     assert not flat(a.train) & flat(a.val)
@@ -33,7 +35,7 @@ def test_split_is_seeded_and_disjoint(cifar10_dir: Path) -> None:
 
 @pytest.mark.skipif(not MINI.is_dir(), reason="shared/data/cifar10-mini is not here")
 def test_reads_the_real_cifar10_mini() -> None:
-    data = load_cifar("cifar10", MINI, download=False, val_size=1000, split_seed=0)
+    data = load_dataset("cifar10", MINI, download=False, val_size=1000, split_seed=0)
     assert (len(data.train), len(data.val), len(data.test)) == (9000, 1000, 2000)
     counts = torch.cat([data.train.labels, data.val.labels]).bincount()
     assert counts.sum() == 10_000 and counts.min() > 900  # the official batches are near-balanced
@@ -41,14 +43,14 @@ def test_reads_the_real_cifar10_mini() -> None:
 
 def test_missing_data_names_folder_and_files(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"cifar-10-batches-py: expected data_batch_1, .*test_batch, batches.meta"):
-        load_cifar("cifar10", tmp_path, download=False, val_size=0, split_seed=0)
+        load_dataset("cifar10", tmp_path, download=False, val_size=0, split_seed=0)
 
 
 def test_corrupted_and_crafted_batches_are_refused(cifar10_dir: Path, tmp_path: Path) -> None:
     batch = cifar10_dir / "cifar-10-batches-py" / "data_batch_3"
     batch.write_bytes(batch.read_bytes()[:5000])
     with pytest.raises(DataError, match="data_batch_3 is corrupted"):
-        load_cifar("cifar10", cifar10_dir, download=False, val_size=0, split_seed=0)
+        load_dataset("cifar10", cifar10_dir, download=False, val_size=0, split_seed=0)
 
     marker = tmp_path / "pwned"
 
@@ -60,13 +62,13 @@ def test_corrupted_and_crafted_batches_are_refused(cifar10_dir: Path, tmp_path: 
 
     batch.write_bytes(pickle.dumps({"data": Exploit(), "labels": []}, protocol=2))
     with pytest.raises(DataError, match=r"global (posix|os)\.system is not allowed"):
-        load_cifar("cifar10", cifar10_dir, download=False, val_size=0, split_seed=0)
+        load_dataset("cifar10", cifar10_dir, download=False, val_size=0, split_seed=0)
     assert not marker.exists()
 
 
 def test_val_size_too_large(cifar10_dir: Path) -> None:
     with pytest.raises(DataError, match="leaves no training images"):
-        load_cifar("cifar10", cifar10_dir, download=False, val_size=200, split_seed=0)
+        load_dataset("cifar10", cifar10_dir, download=False, val_size=200, split_seed=0)
 
 
 def test_synthetic_is_deterministic_and_in_cifar_layout(tmp_path: Path) -> None:
@@ -76,7 +78,7 @@ def test_synthetic_is_deterministic_and_in_cifar_layout(tmp_path: Path) -> None:
         assert (a / name).read_bytes() == (b / name).read_bytes()
     raw = pickle.loads((a / "data_batch_1").read_bytes(), encoding="latin1")
     assert raw["data"].dtype.name == "uint8" and raw["data"].shape == (100, 3072) and len(raw["labels"]) == 100
-    hundred = load_cifar(
+    hundred = load_dataset(
         "synthetic", tmp_path, download=False, val_size=100, split_seed=0, num_classes=100, synthetic_size=1000
     )
     assert hundred.classes[99] == "synthetic_99" and int(hundred.train.labels.max()) == 99

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cifar_resnet_cli.distributed import SyncBatchNorm2d
-from cifar_resnet_cli.model import resnet34
+from cifar_resnet_cli.model.resnet import resnet34
+from cifar_resnet_cli.training.distributed import SyncBatchNorm2d
 
 COMMON = [
     "--dataset",

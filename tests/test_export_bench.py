@@ -7,14 +7,14 @@ import pytest
 import torch
 from conftest import assert_fp32_close
 
-from cifar_resnet_cli import export as export_module
-from cifar_resnet_cli.augment import preprocess
-from cifar_resnet_cli.bench import BenchResult, benchmark
-from cifar_resnet_cli.datasets import load_cifar
-from cifar_resnet_cli.export import METADATA_FILE, ExportResult, build_variant
-from cifar_resnet_cli.model import resnet34
-from cifar_resnet_cli.settings import load_settings
-from cifar_resnet_cli.weights import load_model
+from cifar_resnet_cli.core.settings import load_settings
+from cifar_resnet_cli.data.augment import preprocess
+from cifar_resnet_cli.data.loading import load_dataset
+from cifar_resnet_cli.deploy import export as export_module
+from cifar_resnet_cli.deploy.export import METADATA_FILE, ExportResult, build_variant
+from cifar_resnet_cli.measure.bench import BenchResult, benchmark
+from cifar_resnet_cli.model.resnet import resnet34
+from cifar_resnet_cli.model.weights import load_model
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_eval_of_an_archive_equals_eval_of_its_checkpoint(cli, tmp_path: Path) -
     # frozen folds BatchNorm into the convolutions, which rounds differently (see assert_fp32_close):
     # only an image whose two best eager logits lie within that tolerance may change its prediction.
     model, meta = load_model(ckpt)
-    data = load_cifar(
+    data = load_dataset(
         "synthetic",
         tmp_path / "cache" / "cifar-resnet" / "data",
         download=False,

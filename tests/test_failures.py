@@ -15,8 +15,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from cifar_resnet_cli.cli import app
-from cifar_resnet_cli.weights import tensor_digest
+from cifar_resnet_cli.cli.app import app
+from cifar_resnet_cli.model.weights import tensor_digest
 
 TINY = [
     "--dataset",

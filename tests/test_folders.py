@@ -14,9 +14,10 @@ from conftest import write_cifar10
 from PIL import Image
 from safetensors.torch import load_file
 
-from cifar_resnet_cli import folders, images
-from cifar_resnet_cli.datasets import load_cifar, load_image_folder
-from cifar_resnet_cli.errors import CifarResnetError
+from cifar_resnet_cli.core.errors import CifarResnetError
+from cifar_resnet_cli.data import folders, images
+from cifar_resnet_cli.data.folders import load_image_folder
+from cifar_resnet_cli.data.loading import load_dataset
 
 CLASSES = ("cat", "dog", "fox")
 COLOURS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "fox": (40, 40, 200)}
@@ -235,7 +236,7 @@ def _write_as_folder(cifar: Path, out: Path) -> Path:
 def test_the_folder_path_trains_exactly_as_the_cifar_path_on_the_same_images(cli, tmp_path: Path, resnet34_pth) -> None:
     cifar = _cifar_sorted_by_class(tmp_path / "cifar")
     folder = _write_as_folder(cifar, tmp_path / "as-folder")
-    cifar_data = load_cifar("cifar10", cifar, download=False, val_size=0, split_seed=0)
+    cifar_data = load_dataset("cifar10", cifar, download=False, val_size=0, split_seed=0)
     folder_data = _read(folder, val_size=0)
     # Lossless PNG at 32 px: the decoded tensors are the CIFAR tensors, in the same order.
     split_files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.png") if p.parts[-3] == "train")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifar_resnet_cli.devices import resolve_device
-from cifar_resnet_cli.model import resnet34
+from cifar_resnet_cli.core.devices import resolve_device
+from cifar_resnet_cli.model.resnet import resnet34
 
 ROOT = Path(__file__).resolve().parents[1]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -5,9 +5,9 @@ import torch
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
-from cifar_resnet_cli import inspection
-from cifar_resnet_cli.inspection import InspectResult, inspect_model
-from cifar_resnet_cli.settings import load_settings
+from cifar_resnet_cli.core.settings import load_settings
+from cifar_resnet_cli.model import inspection
+from cifar_resnet_cli.model.inspection import InspectResult, inspect_model
 
 
 def _inspect(**model) -> InspectResult:

@@ -20,12 +20,12 @@ import pytest
 import torch
 from conftest import assert_same_run, squash
 
-from cifar_resnet_cli import checkpoint as checkpoint_module
-from cifar_resnet_cli import rundir
-from cifar_resnet_cli import train as train_module
-from cifar_resnet_cli.checkpoint import read_generation
-from cifar_resnet_cli.errors import OutputError
-from cifar_resnet_cli.weights import load_model
+from cifar_resnet_cli.core.errors import OutputError
+from cifar_resnet_cli.model.weights import load_model
+from cifar_resnet_cli.training import checkpoint as checkpoint_module
+from cifar_resnet_cli.training import rundir
+from cifar_resnet_cli.training import train as train_module
+from cifar_resnet_cli.training.checkpoint import read_generation
 
 # 4 steps an epoch, 2 epochs, a checkpoint every 2 steps; augmentation and CutMix on, so that an
 # exact resume needs the right data order and the right random draws too.
@@ -288,7 +288,7 @@ def test_train_and_compare_import_where_there_is_no_fcntl(tmp_path: Path) -> Non
     """Windows has no fcntl: the modules must still import, and locking says what is missing there."""
     code = (
         "import sys; sys.modules['fcntl'] = None; sys.modules['msvcrt'] = None\n"
-        "import cifar_resnet_cli.train, cifar_resnet_cli.compare, cifar_resnet_cli.cli\n"
+        "import cifar_resnet_cli.training.train, cifar_resnet_cli.training.compare, cifar_resnet_cli.cli.app\n"
         "from pathlib import Path\n"
         "from cifar_resnet_cli import rundir\n"
         "assert rundir.fcntl is None\n"

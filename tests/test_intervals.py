@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from cifar_resnet_cli.intervals import Z95, paired_difference_interval, proportion_interval
+from cifar_resnet_cli.core.intervals import Z95, paired_difference_interval, proportion_interval
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import torch
 import torchvision
 from conftest import assert_fp32_close
 
-from cifar_resnet_cli.model import freeze_backbone, replace_head, resnet34, unfreeze_backbone
+from cifar_resnet_cli.model.resnet import freeze_backbone, replace_head, resnet34, unfreeze_backbone
 
 
 def test_imagenet_stem_has_torchvision_names_shapes_and_order() -> None:

@@ -10,10 +10,10 @@ import torchvision
 from conftest import squash
 from safetensors import safe_open
 
-from cifar_resnet_cli import port as port_module
-from cifar_resnet_cli.data import CIFAR10_CLASSES, CIFAR_STATS, IMAGENET_MEAN, IMAGENET_STD
-from cifar_resnet_cli.port import PortResult, adapt_conv1_kernel
-from cifar_resnet_cli.weights import load_model
+from cifar_resnet_cli.core.kinds import CIFAR10_CLASSES, CIFAR_STATS, IMAGENET_MEAN, IMAGENET_STD
+from cifar_resnet_cli.model import port as port_module
+from cifar_resnet_cli.model.port import PortResult, adapt_conv1_kernel
+from cifar_resnet_cli.model.weights import load_model
 
 
 def _leftovers(directory: Path) -> list[str]:
@@ -238,7 +238,7 @@ def test_failed_parity_writes_nothing(cli, resnet34_pth: Path, tmp_path: Path, m
 
 
 def test_checkpoint_of_wrong_class_count_is_refused(cli, resnet34_pth: Path, tmp_path: Path) -> None:
-    from cifar_resnet_cli.errors import CheckpointError
+    from cifar_resnet_cli.core.errors import CheckpointError
 
     out = tmp_path / "w.safetensors"
     assert cli("port", "--from", resnet34_pth, "--out", out, "--dataset", "cifar100").exit_code == 0

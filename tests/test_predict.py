@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cifar_resnet_cli.predict import PredictResult
-from cifar_resnet_cli.weights import load_model
+from cifar_resnet_cli.measure.predict import PredictResult
+from cifar_resnet_cli.model.weights import load_model
 
 
 @pytest.fixture

@@ -10,14 +10,14 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from cifar_resnet_cli import report
-from cifar_resnet_cli.ablate import ablate
-from cifar_resnet_cli.bench import benchmark
-from cifar_resnet_cli.evaluate import evaluate_checkpoint
-from cifar_resnet_cli.export import export_model
-from cifar_resnet_cli.predict import predict_images
-from cifar_resnet_cli.settings import load_settings
-from cifar_resnet_cli.train import NullProgress, train
+from cifar_resnet_cli.cli import render as report
+from cifar_resnet_cli.core.settings import load_settings
+from cifar_resnet_cli.deploy.export import export_model
+from cifar_resnet_cli.measure.ablate import ablate
+from cifar_resnet_cli.measure.bench import benchmark
+from cifar_resnet_cli.measure.evaluate import evaluate_checkpoint
+from cifar_resnet_cli.measure.predict import predict_images
+from cifar_resnet_cli.training.train import NullProgress, train
 
 
 class Recorder(NullProgress):

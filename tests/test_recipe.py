@@ -11,10 +11,10 @@ from conftest import assert_same_run
 from safetensors.torch import load_file
 from test_train import TINY, _InterruptAt, _settings
 
-from cifar_resnet_cli import devices
-from cifar_resnet_cli import train as train_module
-from cifar_resnet_cli.ema import WeightsEma, ema_decay_at
-from cifar_resnet_cli.train import TrainingInterrupted, train
+from cifar_resnet_cli.core import devices
+from cifar_resnet_cli.training import train as train_module
+from cifar_resnet_cli.training.ema import WeightsEma, ema_decay_at
+from cifar_resnet_cli.training.train import TrainingInterrupted, train
 
 
 def test_ema_decay_warms_up_as_timm_and_averages_as_stated() -> None:
@@ -83,9 +83,9 @@ def test_accumulation_equals_the_larger_batch() -> None:
 
 def _initial_fc() -> torch.Tensor:
     settings = _settings(train={"freeze_backbone": True})
-    from cifar_resnet_cli.datasets import load_cifar
+    from cifar_resnet_cli.data.loading import load_dataset
 
-    data = load_cifar("synthetic", Path("data"), download=False, val_size=200, split_seed=0, synthetic_size=600)
+    data = load_dataset("synthetic", Path("data"), download=False, val_size=200, split_seed=0, synthetic_size=600)
     return train_module.initial_model(settings, data).model.fc.weight.detach()
 
 

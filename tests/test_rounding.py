@@ -1,4 +1,4 @@
-"""int8 weight rounding (cifar_resnet_cli.rounding): both methods land on the quantizer's grid, and
+"""int8 weight rounding (cifar_resnet_cli.deploy.rounding): both methods land on the quantizer's grid, and
 GPTQ moves a layer's output on calibration-like inputs less than rounding to nearest does."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifar_resnet_cli.rounding import gptq_rows, round_to_nearest, round_weights
+from cifar_resnet_cli.deploy.rounding import gptq_rows, round_to_nearest, round_weights
 
 
 def _smooth_images(n: int, generator: torch.Generator) -> torch.Tensor:

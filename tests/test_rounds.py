@@ -1,4 +1,4 @@
-"""Interleaved rounds (cifar_resnet_cli.rounds) on a fake timer, the machine limits, and one tiny
+"""Interleaved rounds (cifar_resnet_cli.measure.timing) on a fake timer, the machine limits, and one tiny
 real round of benchmarks/train_throughput.py (no time asserted)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifar_resnet_cli.machine import matmul_rate, model_flops
-from cifar_resnet_cli.rounds import Measure, interleave, quantile, ratio_stats
+from cifar_resnet_cli.measure.machine import matmul_rate, model_flops
+from cifar_resnet_cli.measure.timing import Measure, interleave, quantile, ratio_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 

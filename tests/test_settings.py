@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from cifar_resnet_cli.errors import ConfigError
-from cifar_resnet_cli.settings import InvalidSettingError, Settings, load_settings
+from cifar_resnet_cli.core.errors import ConfigError
+from cifar_resnet_cli.core.settings import InvalidSettingError, Settings, load_settings
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cifar-resnet.toml"
 

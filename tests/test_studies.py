@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import squash
 
-from cifar_resnet_cli.ablate import AblateResult, ShortcutOnly, without_branches
-from cifar_resnet_cli.compare import CompareResult
-from cifar_resnet_cli.model import resnet34
+from cifar_resnet_cli.measure.ablate import AblateResult, ShortcutOnly, without_branches
+from cifar_resnet_cli.model.resnet import resnet34
+from cifar_resnet_cli.training.compare import CompareResult
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [

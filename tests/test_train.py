@@ -13,15 +13,22 @@ import torch
 from conftest import assert_same_run
 from safetensors.torch import load_file
 
-from cifar_resnet_cli import train as train_module
-from cifar_resnet_cli.augment import preprocess
-from cifar_resnet_cli.datasets import load_cifar
-from cifar_resnet_cli.evaluate import EvalResult, ranked, score_logits
-from cifar_resnet_cli.intervals import proportion_interval
-from cifar_resnet_cli.model import resnet34
-from cifar_resnet_cli.settings import load_settings
-from cifar_resnet_cli.train import NullProgress, TrainingInterrupted, TrainResult, lr_factor, param_groups, train
-from cifar_resnet_cli.weights import load_model
+from cifar_resnet_cli.core.intervals import proportion_interval
+from cifar_resnet_cli.core.settings import load_settings
+from cifar_resnet_cli.data.augment import preprocess
+from cifar_resnet_cli.data.loading import load_dataset
+from cifar_resnet_cli.measure.evaluate import EvalResult, ranked, score_logits
+from cifar_resnet_cli.model.resnet import resnet34
+from cifar_resnet_cli.model.weights import load_model
+from cifar_resnet_cli.training import train as train_module
+from cifar_resnet_cli.training.train import (
+    NullProgress,
+    TrainingInterrupted,
+    TrainResult,
+    lr_factor,
+    param_groups,
+    train,
+)
 
 # Small and fast on a 2-core CPU: the imagenet stem at 32 px, a few hundred synthetic images.
 TINY = [
@@ -177,7 +184,7 @@ def test_eval_equals_an_independent_computation(cli, tmp_path: Path) -> None:
 
     model, meta = load_model(ckpt)
     model.eval()
-    data = load_cifar(
+    data = load_dataset(
         "synthetic",
         tmp_path / "cache" / "cifar-resnet" / "data",
         download=False,
@@ -345,7 +352,7 @@ def test_init_with_another_head_keeps_the_backbone_and_makes_a_new_head(cli, tmp
     ckpt = tmp_path / "c100.safetensors"
     assert cli("port", "--weights", "none", "--dataset", "cifar100", "--out", ckpt).exit_code == 0
     settings = _settings(train={"init": str(ckpt), "seed": 3})
-    data = load_cifar("synthetic", Path("data"), download=False, val_size=200, split_seed=0, synthetic_size=600)
+    data = load_dataset("synthetic", Path("data"), download=False, val_size=200, split_seed=0, synthetic_size=600)
     init = train_module.initial_model(settings, data)
     source = load_file(ckpt)
     mine = init.model.state_dict()
@@ -386,7 +393,7 @@ def test_lr_schedules() -> None:
 
 
 def test_no_weight_decay_on_batchnorm_and_bias() -> None:
-    from cifar_resnet_cli.model import resnet34
+    from cifar_resnet_cli.model.resnet import resnet34
 
     model = resnet34(num_classes=10)
     groups = param_groups(model, _settings(train={"backbone_lr_scale": 0.1, "lr": 0.2, "weight_decay": 1e-3}))
@@ -497,7 +504,7 @@ def test_restored_optimizer_state_takes_the_parameters_layout() -> None:
     """A channels-last weight's momentum buffer comes back from the checkpoint contiguous (NCHW);
     torch's fused SGD would pair the wrong elements with it. Restoring gives it the weight's layout,
     so the fused step equals the per-tensor one (which honours strides)."""
-    from cifar_resnet_cli.checkpoint import _match_layout
+    from cifar_resnet_cli.training.checkpoint import _match_layout
 
     torch.manual_seed(0)
     grad = torch.randn(8, 4, 3, 3).to(memory_format=torch.channels_last)
