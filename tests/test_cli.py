@@ -139,6 +139,15 @@ def test_every_train_flag_reaches_the_settings(cli, monkeypatch) -> None:
     assert {c.split(".")[-1] for c in changed} >= field, field - {c.split(".")[-1] for c in changed}
 
 
+def test_help_shows_each_settings_real_default_and_environment_variable(cli) -> None:
+    from cifar_resnet_cli.core.settings import Settings
+
+    text = squash(cli("train", "--help", env={"COLUMNS": "200"}).stdout)
+    assert f"[default: {Settings().train.lr}]" in text and "[env var: CIFAR_RESNET_TRAIN__LR]" in text
+    bench = squash(cli("bench", "--help", env={"COLUMNS": "200"}).stdout)
+    assert "[eager|trace|script|frozen|compile|aoti|onnxruntime|openvino]" in bench  # the choices of a list
+
+
 def test_familiar_spellings_and_one_default_notation(cli) -> None:
     from typer.main import get_command
 
@@ -152,7 +161,8 @@ def test_familiar_spellings_and_one_default_notation(cli) -> None:
     assert {"-o", "--output"} <= {o for p in group.commands["port"].params for o in p.opts}
     for name in ("inspect", "port", "train", "eval", "export", "bench", "predict", "ablate", "compare", "config"):
         text = squash(cli(name, "--help").stdout)
-        assert "[default:" not in text, name  # one notation: "(default: x)"
+        assert "(default:" not in text, name  # one notation, Typer's own: "[default: x]", from the settings
+        assert "<bool>" not in text, name  # a flag takes no value
         assert "{" not in text.split("Usage:")[1].split(" ")[3], name  # CHECKPOINT, not {checkpoint}
     assert "Usage: cifar-resnet eval [OPTIONS] CHECKPOINT" in squash(cli("eval", "--help").stdout)
     assert "--install-completion" in cli("--help").stdout
@@ -163,3 +173,19 @@ def test_tables_fit_80_columns_without_cutting_values(cli, tmp_path: Path) -> No
     for args in (["inspect", "--depth", "3"], ["port", "--weights", "none", "--dataset", "synthetic", "--out", out]):
         r = cli(*args)  # the test runner's console is 80 columns wide
         assert r.exit_code == 0 and "…" not in r.stdout, args
+
+
+def test_every_setting_is_an_option_of_some_command_and_no_default_is_written_by_hand() -> None:
+    from typer.main import get_command
+
+    from cifar_resnet_cli.cli.app import app
+    from cifar_resnet_cli.cli.options import all_settings
+    from cifar_resnet_cli.core.settings import option_names
+
+    group = get_command(app)
+    flags = {o for c in group.commands.values() for p in c.params for o in p.opts}
+    missing = [p for p in all_settings() if option_names(tuple(p.split(".")))[0] not in flags]
+    assert not missing, f"settings no command takes: {missing}"
+    package = Path(__file__).resolve().parents[1] / "cifar_resnet_cli"
+    by_hand = [str(f) for f in package.rglob("*.py") if "(default:" in f.read_text(encoding="utf-8")]
+    assert not by_hand, by_hand

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -59,103 +60,163 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _cli(flag: str | None = None, *aliases: str) -> dict[str, Any]:
+    """How a field shows on the command line when its flag is not its name: ``--out`` for ``out_dir``."""
+    return {"flag": flag, "aliases": aliases} if flag else {"aliases": aliases}
+
+
 class DataSettings(_Section):
     """Which dataset, where it lives, and how the validation split is held out."""
 
     dataset: Dataset = Field(
-        "cifar10", description="cifar10, cifar100, synthetic (offline stand-in) or folder (DIR/train/<class>/*.jpg)"
+        "cifar10",
+        description="Dataset; sets the classes and class names. synthetic: an offline stand-in; folder: your "
+        "images in --data-dir DIR/train/<class>/ (docs/folders.md).",
     )
     data_dir: Path | None = Field(
-        None, description="dataset folder; default ~/.cache/cifar-resnet/data (folder: required, the DIR)"
+        None,
+        description="Dataset folder; for --dataset folder, the DIR with train/. Unset: ~/.cache/cifar-resnet/data.",
     )
-    download: bool = Field(True, description="download CIFAR through torchvision when it is missing")
+    download: bool = Field(True, description="Download CIFAR through torchvision when it is missing.")
     val_size: int = Field(
         5000,
         ge=0,
         le=1_000_000,
-        description="training images held out for validation (folder without val/: default 10% of train)",
+        description="Training images held out for validation; a folder's val/ replaces it, and a folder "
+        "without val/ holds out 10% of train/ unless this is set.",
     )
-    split_seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the train/validation split")
-    synthetic_size: int = Field(10_000, ge=100, le=200_000, description="synthetic training images")
+    split_seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the train/validation split.")
+    synthetic_size: int = Field(10_000, ge=100, le=200_000, description="Synthetic training images.")
 
 
 class ModelSettings(_Section):
     """The shape of the ResNet34."""
 
     stem: Literal["imagenet", "cifar"] = Field(
-        "imagenet", description="imagenet: torchvision's 7x7/2 conv + max pool; cifar: 3x3/1 conv, no pool"
+        "imagenet", description="imagenet: torchvision's 7x7/2 conv + max pool; cifar: 3x3/1 conv, no pool."
     )
     num_classes: int | None = Field(
-        None, ge=2, le=100_000, description="classes of the head; default: from the dataset (10, 100, folders)"
+        None, ge=2, le=100_000, description="Head size: 10 or 100, any for folder. Unset: from --dataset."
     )
-    image_size: int = Field(32, ge=16, le=512, description="input height and width in pixels")
+    image_size: int = Field(32, ge=16, le=512, description="Input height and width in pixels.")
     conv1_init: Literal["adapt", "reinit"] = Field(
         "adapt",
-        description="cifar stem only: adapt the pretrained 7x7 conv1 kernel to 3x3, or re-initialise it",
+        description="cifar stem: resample the pretrained 7x7 conv1 to 3x3 (adapt) or re-initialise it (reinit).",
     )
 
 
 class TrainSettings(_Section):
     """Training: initialisation, mode, optimisation, augmentation, speed, output."""
 
-    init: str = Field("imagenet", description="imagenet (ported and cached), none (scratch), or FILE.safetensors")
-    freeze_backbone: bool = Field(False, description="feature extraction: train only fc, backbone frozen")
-    backbone_lr_scale: float = Field(1.0, gt=0, le=10, description="backbone learning rate = lr x this")
-    epochs: int = Field(10, ge=1, le=10_000)
-    batch_size: int = Field(128, ge=1, le=65_536, description="images per optimisation step")
-    lr: float = Field(0.05, gt=0, le=10, description="peak learning rate")
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (AdamW beta1)")
-    nesterov: bool = Field(True, description="Nesterov momentum (SGD)")
-    weight_decay: float = Field(5e-4, ge=0, le=1, description="not applied to BatchNorm and biases")
-    schedule: Literal["cosine", "onecycle", "step", "multistep", "constant"] = "cosine"
-    warmup_epochs: float = Field(0.0, ge=0, le=1000, description="linear warm-up, stepped per iteration")
-    step_size: int | None = Field(None, ge=1, description="step schedule: epochs per decay (default epochs/3)")
-    milestones: list[int] | None = Field(None, description="multistep schedule: epochs (default 50%, 75%)")
-    gamma: float = Field(0.1, gt=0, le=1, description="step/multistep decay factor")
-    augment: bool = Field(True, description="random crop (padding 1/8 of the side, 4 px at 32) and horizontal flip")
-    cutmix: float = Field(0.0, ge=0, le=4, description="CutMix Beta alpha; 0 = off")
-    mixup: float = Field(0.0, ge=0, le=4, description="MixUp Beta alpha; 0 = off")
-    mix_prob: float = Field(1.0, ge=0, le=1, description="probability that a batch is mixed")
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    init: str = Field(
+        "imagenet",
+        description="imagenet (ImageNet weights, ported on the fly and cached), none (from scratch, residual "
+        "branches zeroed), or FILE.safetensors from `port`.",
+    )
+    freeze_backbone: bool = Field(
+        False,
+        description="Feature extraction (only fc trains, BatchNorm statistics fixed); off: fine-tune every layer.",
+    )
+    backbone_lr_scale: float = Field(1.0, gt=0, le=10, description="Backbone learning rate = lr x this.")
+    epochs: int = Field(10, ge=1, le=10_000, description="Epochs in all (raise it on --resume to train longer).")
+    batch_size: int = Field(
+        128,
+        ge=1,
+        le=65_536,
+        description="Images per optimisation step, all processes together: under torchrun each of N "
+        "processes takes 1/N of it.",
+        json_schema_extra=_cli(None, "-b"),
+    )
+    lr: float = Field(0.05, gt=0, le=10, description="Peak learning rate.")
+    optimizer: Literal["sgd", "adamw"] = Field(
+        "sgd", description="SGD with momentum, or AdamW.", json_schema_extra=_cli(None, "--opt")
+    )
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum / AdamW beta1.")
+    nesterov: bool = Field(True, description="Nesterov momentum (SGD).")
+    weight_decay: float = Field(5e-4, ge=0, le=1, description="Not applied to BatchNorm and biases.")
+    schedule: Literal["cosine", "onecycle", "step", "multistep", "constant"] = Field(
+        "cosine", description="Learning-rate schedule, stepped per iteration.", json_schema_extra=_cli(None, "--sched")
+    )
+    warmup_epochs: float = Field(0.0, ge=0, le=1000, description="Linear warm-up, stepped per iteration.")
+    step_size: int | None = Field(
+        None, ge=1, description="step schedule: epochs per decay. Unset: a third of the epochs."
+    )
+    milestones: list[int] | None = Field(
+        None, description="multistep schedule: epochs, e.g. 30,60,80. Unset: at 50% and 75%."
+    )
+    gamma: float = Field(0.1, gt=0, le=1, description="step/multistep decay factor.")
+    augment: bool = Field(True, description="Random crop (padding 1/8 of the side: 4 px at 32) and horizontal flip.")
+    cutmix: float = Field(0.0, ge=0, le=4, description="CutMix Beta alpha, e.g. 1.0; 0 = off.")
+    mixup: float = Field(0.0, ge=0, le=4, description="MixUp Beta alpha, e.g. 0.2; 0 = off.")
+    mix_prob: float = Field(1.0, ge=0, le=1, description="Probability that a batch is mixed.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing, e.g. 0.1.")
     auto_augment: Literal["none", "trivialaugment", "randaugment"] = Field(
-        "none", description="per-image TrivialAugment (wide) or RandAugment (2 ops, magnitude 9), on the device"
+        "none", description="Per-image TrivialAugment (wide) or RandAugment (2 ops, magnitude 9), on the device."
     )
-    random_erase: float = Field(0.0, ge=0, le=1, description="probability of erasing a random box of each image")
+    random_erase: float = Field(
+        0.0, ge=0, le=1, description="Probability of erasing a random box of each image, e.g. 0.25."
+    )
     ema_decay: float = Field(
-        0.0, ge=0, lt=1, description="EMA of the weights (e.g. 0.999), decay warmed up as timm does; 0 = off"
+        0.0,
+        ge=0,
+        lt=1,
+        description="Keep an EMA of the weights, e.g. 0.999 (decay warmed up as timm does); 0 = off.",
     )
-    ema_eval: bool = Field(True, description="with EMA: validate and select the best checkpoint with the EMA weights")
-    clip_grad: float | None = Field(None, gt=0, le=1e6, description="clip the global gradient norm to this")
+    ema_eval: bool = Field(
+        True, description="With --ema-decay: validate and pick best.safetensors with the EMA weights."
+    )
+    clip_grad: float | None = Field(
+        None, gt=0, le=1e6, description="Clip the global gradient norm to this, e.g. 1.0. Unset: no clipping."
+    )
     accum_steps: int = Field(
-        1, ge=1, le=1024, description="gradient accumulation: each step is this many batches (batch x this)"
+        1,
+        ge=1,
+        le=1024,
+        description="Gradient accumulation: one step = this many batches of --batch-size; the learning rate "
+        "applies to their sum.",
     )
     patience: int | None = Field(
-        None, ge=1, le=10_000, description="early stopping: epochs without a better validation top-1"
+        None,
+        ge=1,
+        le=10_000,
+        description="Stop after this many epochs without a better validation top-1. Unset: never.",
     )
-    keep_top_k: int = Field(0, ge=0, le=1000, description="also keep the k best epochs' weights in RUN_DIR/top/")
+    keep_top_k: int = Field(0, ge=0, le=1000, description="Also keep the k best epochs' weights in RUN_DIR/top/.")
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(
-        "auto", description="autocast: auto (bf16 where native, else fp32/fp16), off, bf16 (CPU/CUDA), fp16 (CUDA)"
+        "auto",
+        description="Autocast: auto = on a CPU with AMX or AVX-512 bf16, bf16 if a few timed steps of this run "
+        "show it 5% faster than fp32; bf16 on GPUs that compute it natively, fp16 on older GPUs; else off. "
+        "Or bf16, fp16 (CUDA), off.",
     )
-    channels_last: bool | None = Field(None, description="channels-last memory format; unset: with reduced precision")
-    compile: bool = Field(False, description="torch.compile the model (compiles first; gradients within ~1% of eager)")
-    deterministic: bool = Field(False, description="torch.use_deterministic_algorithms")
-    limit_batches: int | None = Field(None, ge=1, description="at most this many steps per epoch")
-    cache_features: bool = Field(True, description="frozen backbone, no augmentation: compute features once")
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed for every random draw")
-    sync_bn: bool = Field(False, description="torchrun: BatchNorm statistics over the global batch")
-    dist_timeout: float = Field(600.0, gt=0, le=86_400, description="torchrun: seconds before a stuck rank fails")
+    channels_last: bool | None = Field(None, description="NHWC memory format. Unset: on with bf16/fp16, off in fp32.")
+    compile: bool = Field(
+        False, description="torch.compile the model: compiles first; gradients within ~1% of eager's."
+    )
+    deterministic: bool = Field(False, description="Deterministic algorithms only (slower).")
+    limit_batches: int | None = Field(None, ge=1, description="At most this many steps per epoch.")
+    cache_features: bool = Field(True, description="Frozen backbone without augmentation: compute the features once.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for every random draw.")
+    sync_bn: bool = Field(False, description="torchrun: BatchNorm statistics over the global batch.")
+    dist_timeout: float = Field(600.0, gt=0, le=86_400, description="torchrun: seconds before a stuck rank fails.")
     tensorboard: bool | None = Field(
-        None, description="TensorBoard event files in RUN_DIR/tensorboard; unset: on when tensorboard is installed"
+        None,
+        description="TensorBoard event files in RUN_DIR/tensorboard (tensorboard --logdir runs). Unset: on when "
+        "the tensorboard package is installed.",
     )
     log_interval: int = Field(
-        50, ge=0, le=1_000_000, description="without a terminal: a log line every N steps; 0 = off"
+        50,
+        ge=0,
+        le=1_000_000,
+        description="When stderr is not a terminal (a log file, a batch job): a plain progress line every N "
+        "steps; 0 = epoch lines only.",
     )
     checkpoint_every: str = Field(
-        "5m", description="also save a resumable state inside epochs: every N steps (200) or minutes (5m); 0 = off"
+        "5m",
+        description="Also save a resumable state inside epochs: every N steps (200) or minutes (5m); 0 = at "
+        "epoch ends only. Bounds what a kill -9 or power cut can lose.",
     )
-    runs_dir: Path = Field(Path("runs"), description="where run directories are made")
-    name: str | None = Field(None, description="run directory name (auto-numbered); default train")
+    runs_dir: Path = Field(Path("runs"), description="Where run directories are made.")
+    name: str | None = Field(None, description="Run directory name, auto-numbered. Unset: train.")
 
     @field_validator("checkpoint_every")
     @classmethod
@@ -167,42 +228,78 @@ class TrainSettings(_Section):
 class EvalSettings(_Section):
     """Evaluation of a checkpoint."""
 
-    split: Literal["test", "val"] = "test"
-    batch_size: int = Field(512, ge=1, le=65_536)
-    tta: bool = Field(False, description="average the predictions of the image and its mirror")
+    split: Literal["test", "val"] = Field(
+        "test", description="test, or the validation split the checkpoint was selected on."
+    )
+    batch_size: int = Field(512, ge=1, le=65_536, description="Images per batch.", json_schema_extra=_cli(None, "-b"))
+    tta: bool = Field(False, description="Average the predictions of the image and its mirror.")
 
 
 Variant = Literal["eager", "trace", "script", "frozen", "compile", "aoti", "onnxruntime", "openvino"]
 Precision = Literal["fp32", "bf16", "fp16"]
 ExportPrecision = Literal["fp32", "bf16", "fp16", "int8"]
+ExportMethod = Literal["trace", "script", "frozen", "aoti", "onnx", "all"]
 Layout = Literal["nchw", "nhwc"]
 
 
 class ExportSettings(_Section):
     """Archives (TorchScript, AOTInductor, ONNX) and their verification."""
 
-    methods: list[Literal["trace", "script", "frozen", "aoti", "onnx", "all"]] = Field(
-        ["trace", "script"], min_length=1, description="all: every kind that can be made here for the dtype"
+    methods: list[ExportMethod] = Field(
+        ["trace", "script"],
+        min_length=1,
+        description="trace, script, frozen (TorchScript; frozen = scripted + torch.jit.freeze + "
+        "optimize_for_inference), aoti (torch.export + AOTInductor .pt2), onnx, or all (every kind that can be "
+        "made here for the dtype); comma-separated or repeated.",
+        json_schema_extra=_cli("--method"),
     )
-    dtype: ExportPrecision = Field("fp32", description="weights and compute dtype inside the archive")
-    channels_last: bool = False
-    example_batch: int = Field(2, ge=1, le=4096, description="batch size of the tracing example")
-    verify_batch: int = Field(5, ge=1, le=4096, description="batch size of the verification (must differ)")
-    atol: float | None = Field(None, gt=0, description="max |diff| allowed, relative to the largest logit")
-    min_agreement: float | None = Field(None, ge=0, le=1, description="top-1 agreement required")
+    dtype: ExportPrecision = Field(
+        "fp32",
+        description="Weights and compute inside the archive; input stays float32. int8: ONNX only, statically "
+        "quantized on training images and scored on the validation split.",
+    )
+    channels_last: bool = Field(False, description="NHWC inside TorchScript and aoti archives.")
+    example_batch: int = Field(2, ge=1, le=4096, description="Tracing example batch size.")
+    verify_batch: int = Field(5, ge=1, le=4096, description="Verification batch size, not the example's.")
+    atol: float | None = Field(
+        None,
+        gt=0,
+        description="Allowed max |diff| against eager, relative to the largest logit. Unset: 1e-4 fp32, 5e-2 "
+        "bf16/fp16; int8: 0.1, only to pick the images whose top-1 must agree.",
+    )
+    min_agreement: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Required top-1 agreement with eager. Unset: 1.0 fp32, 0.9 bf16/fp16, 0.95 int8.",
+    )
     calibration_images: int = Field(
-        1024, ge=1, le=100_000, description="int8: training images that set the activation ranges"
+        1024, ge=1, le=100_000, description="int8: training images that set the activation ranges."
     )
     max_accuracy_drop: float = Field(
-        1.0, ge=0, le=100, description="int8: top-1 points it may lose on the held-out images"
+        1.0,
+        ge=0,
+        le=100,
+        description="int8: top-1 points the archive may lose against fp32 on the held-out images, else nothing "
+        "is written.",
     )
     weight_rounding: Literal["nearest", "gptq"] = Field(
-        "nearest", description="int8: weights rounded to nearest, or by GPTQ (error-compensating)"
+        "nearest",
+        description="int8: nearest, or gptq (each weight's rounding error compensated by the weights not yet "
+        "rounded, on the calibration images; slower, and within the noise of nearest on our models).",
     )
     max_float_layers: int = Field(
-        8, ge=0, le=64, description="int8: layers that may stay in float to bring the drop within budget; 0 = refuse"
+        8,
+        ge=0,
+        le=64,
+        description="int8: past the drop budget, keep at most this many of the most sensitive layers in float "
+        "(ranked on part of the held-out images, the drop reported on the rest); 0 refuses instead.",
     )
-    out_dir: Path = Field(Path("exports"), description="where archives are written")
+    out_dir: Path = Field(
+        Path("exports"),
+        description="Folder for the archives, made when missing.",
+        json_schema_extra=_cli("--out", "-o", "--output"),
+    )
 
     @model_validator(mode="after")
     def _method_fits_dtype(self) -> ExportSettings:
@@ -227,14 +324,38 @@ class ExportSettings(_Section):
 class BenchSettings(_Section):
     """Benchmark variants, precisions, layouts, batch sizes and repetitions."""
 
-    variants: list[Variant] = Field(["eager", "trace", "script", "frozen", "compile"], min_length=1)
-    dtypes: list[ExportPrecision] = Field(["fp32"], min_length=1, description="int8: the ONNX runtimes only")
-    layouts: list[Layout] = Field(["nchw"], min_length=1)
-    batch_sizes: list[Annotated[int, Field(ge=1, le=65_536)]] = Field([1, 64], min_length=1)
-    warmup: int = Field(10, ge=0, le=10_000, description="untimed calls after the cold start")
-    iters: int = Field(50, ge=3, le=100_000, description="timed calls")
+    variants: list[Variant] = Field(
+        ["eager", "trace", "script", "frozen", "compile"],
+        min_length=1,
+        description="What to time: eager, trace, script, frozen, compile; aoti (AOTInductor .pt2), onnxruntime, "
+        "openvino (an ONNX file; pip extras onnx, openvino).",
+    )
+    dtypes: list[ExportPrecision] = Field(
+        ["fp32"], min_length=1, description="fp32, bf16, fp16 (CUDA), int8 (onnxruntime, openvino)."
+    )
+    layouts: list[Layout] = Field(["nchw"], min_length=1, description="nchw, nhwc (channels-last).")
+    batch_sizes: list[Annotated[int, Field(ge=1, le=65_536)]] = Field(
+        [1, 64], min_length=1, description="Batch sizes to time."
+    )
+    warmup: int = Field(10, ge=0, le=10_000, description="Untimed calls after the first.")
+    iters: int = Field(50, ge=3, le=100_000, description="Timed calls per variant.")
     peak_matmul: int = Field(
-        2048, ge=0, le=16_384, description="n of the n x n matmul per dtype that measures the device's limit; 0: skip"
+        2048,
+        ge=0,
+        le=16_384,
+        description="n of the n x n matmul per dtype that measures the device's limit; 0 skips.",
+    )
+
+
+class PredictSettings(_Section):
+    """Classifying the user's own images."""
+
+    top_k: int = Field(3, ge=1, le=1000, description="Classes shown per image.")
+    resize: Literal["crop", "stretch"] = Field(
+        "crop", description="crop: keep the aspect ratio and crop the centre; stretch: resize both sides."
+    )
+    batch_size: int = Field(
+        64, ge=1, le=65_536, description="Images per forward pass.", json_schema_extra=_cli(None, "-b")
     )
 
 
@@ -245,9 +366,11 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_assignment=True
     )
 
-    device: Device = Field("auto", description="auto picks cuda, then mps, then cpu")
+    device: Device = Field("auto", description="auto picks cuda, then mps, then cpu.")
     onnx_runtime: Literal["onnxruntime", "openvino"] = Field(
-        "onnxruntime", description="what runs .onnx archives in eval and predict, and verifies them in export"
+        "onnxruntime",
+        description="What runs .onnx archives (eval, predict) and verifies and scores them (export): onnxruntime, "
+        "or openvino (pip extra: openvino; the runtime you deploy with: their int8 kernels differ).",
     )
     data: DataSettings = Field(default_factory=DataSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
@@ -255,6 +378,7 @@ class Settings(BaseSettings):
     eval: EvalSettings = Field(default_factory=EvalSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
     bench: BenchSettings = Field(default_factory=BenchSettings)
+    predict: PredictSettings = Field(default_factory=PredictSettings)
 
     @model_validator(mode="after")
     def _classes_match_dataset(self) -> Settings:
@@ -303,9 +427,35 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
 
 
+# The help panel each section's options are listed under.
+PANELS = {
+    "data": "Data",
+    "model": "Model",
+    "train": "Training",
+    "eval": "Evaluation",
+    "export": "Export",
+    "bench": "Benchmark",
+    "predict": "Prediction",
+}
+
+
+def setting_field(loc: tuple[str | int, ...]) -> FieldInfo:
+    """The pydantic field of a setting, e.g. ``("train", "lr")``."""
+    model: Any = Settings
+    for part in loc[:-1]:
+        model = model.model_fields[str(part)].annotation
+    return model.model_fields[str(loc[-1])]
+
+
 def option_names(loc: tuple[str | int, ...]) -> tuple[str, str, str]:
-    """The flag, environment variable and TOML key of a setting, e.g. ``--image-size``."""
-    flag = f"--{str(loc[-1]).replace('_', '-')}"
+    """The flag, environment variable and TOML key of a setting, e.g. ``--image-size``: the flag is
+    the field's name unless the field declares another (``json_schema_extra={"flag": ...}``)."""
+    try:
+        extra = setting_field(loc).json_schema_extra
+    except (KeyError, AttributeError):
+        extra = None
+    declared = extra.get("flag") if isinstance(extra, dict) else None
+    flag = str(declared) if declared else f"--{str(loc[-1]).replace('_', '-')}"
     env = ENV_PREFIX + "__".join(str(p) for p in loc).upper()
     toml = f"[{'.'.join(map(str, loc[:-1]))}] {loc[-1]}" if len(loc) > 1 else str(loc[-1])
     return flag, env, toml

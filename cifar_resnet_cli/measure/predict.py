@@ -83,15 +83,12 @@ def predict_images(
     inputs: list[Path],
     *,
     recursive: bool = False,
-    top_k: int = 3,
-    resize: str = "crop",
-    batch_size: int = 64,
     csv_path: Path | None = None,
     tasks: Tasks | None = None,
 ) -> PredictResult:
-    """Classify images; unreadable files get an error in their row."""
-    if top_k < 1:
-        raise CifarResnetError("--top-k must be at least 1")
+    """Classify images (top-k, resize and batch size from ``settings.predict``); unreadable files get an
+    error in their row."""
+    top_k, resize, batch_size = settings.predict.top_k, settings.predict.resize, settings.predict.batch_size
     if csv_path is not None:
         check_writable(csv_path, force=True, what="--csv file")
     device = resolve_device(settings.device)
