@@ -19,8 +19,9 @@ import torch
 
 from cifar_resnet_cli.core.devices import cpu_matrix_flags, cpu_name
 from cifar_resnet_cli.core.settings import load_settings
-from cifar_resnet_cli.deploy.export import Deployed, int8_data
+from cifar_resnet_cli.deploy.int8 import int8_data
 from cifar_resnet_cli.deploy.int8_fallback import layer_names, median_ms, rank_layers, split, timing_batch
+from cifar_resnet_cli.deploy.job import Deployed
 from cifar_resnet_cli.deploy.writers import Int8Writer, onnx_proto
 from cifar_resnet_cli.model.archives import onnx_runner
 from cifar_resnet_cli.model.weights import load_model

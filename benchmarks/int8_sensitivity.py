@@ -33,7 +33,8 @@ from torch import Tensor, nn
 
 from cifar_resnet_cli.core.devices import cpu_matrix_flags, cpu_name
 from cifar_resnet_cli.core.settings import load_settings
-from cifar_resnet_cli.deploy.export import Deployed, int8_data
+from cifar_resnet_cli.deploy.int8 import int8_data
+from cifar_resnet_cli.deploy.job import Deployed
 from cifar_resnet_cli.deploy.rounding import round_weights
 from cifar_resnet_cli.deploy.writers import onnx_proto, quantize_onnx, save_onnx
 from cifar_resnet_cli.model.archives import optional

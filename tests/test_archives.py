@@ -21,7 +21,9 @@ from cifar_resnet_cli.cli import render as report
 from cifar_resnet_cli.core.settings import load_settings
 from cifar_resnet_cli.data.augment import preprocess
 from cifar_resnet_cli.data.loading import load_dataset
+from cifar_resnet_cli.deploy import aoti as aoti_writer
 from cifar_resnet_cli.deploy import export as export_module
+from cifar_resnet_cli.deploy import onnx as onnx_writer
 from cifar_resnet_cli.deploy import runtimes as runtimes_module
 from cifar_resnet_cli.deploy.export import ExportResult, methods_for_all
 from cifar_resnet_cli.measure.bench import BenchResult
@@ -415,14 +417,14 @@ def test_int8_past_its_budget_keeps_the_fewest_sensitive_layers_in_float(
 
 
 def test_a_broken_onnx_export_is_caught_and_not_kept(cli, trained: Path, tmp_path: Path, monkeypatch) -> None:
-    original = export_module.onnx_proto
+    original = onnx_writer.onnx_proto
 
     def broken(deployed, example, metadata):
         with torch.no_grad():
             deployed.model.layer2[0].bn1.running_mean.add_(0.5)  # the file computes something else
         return original(deployed, example, metadata)
 
-    monkeypatch.setattr(export_module, "onnx_proto", broken)
+    monkeypatch.setattr(onnx_writer, "onnx_proto", broken)
     r = cli("export", trained, "--method", "onnx", "--out", tmp_path)
     assert r.exit_code == 1 and "differs from the eager model" in r.err and "nothing was written" in r.err
     assert list(tmp_path.iterdir()) == []
@@ -567,7 +569,7 @@ def test_export_all_leaves_out_a_package_whose_loader_crashes(
     --method aoti fails, and writes nothing."""
     # The compile is not the point: the package is the fixture's, and the crash is the probe's.
     monkeypatch.setattr(
-        export_module, "write_aoti", lambda deployed, example, path, metadata: shutil.copyfile(exported["aoti"], path)
+        aoti_writer, "write_aoti", lambda deployed, example, path, metadata: shutil.copyfile(exported["aoti"], path)
     )
     _probe_on_cpu(monkeypatch, CRASH)
     result = ExportResult.model_validate(cli.json("export", trained, "--method", "all", "--out", tmp_path / "all"))

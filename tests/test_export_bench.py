@@ -10,7 +10,7 @@ from conftest import assert_fp32_close
 from cifar_resnet_cli.core.settings import load_settings
 from cifar_resnet_cli.data.augment import preprocess
 from cifar_resnet_cli.data.loading import load_dataset
-from cifar_resnet_cli.deploy import export as export_module
+from cifar_resnet_cli.deploy import torchscript as export_module
 from cifar_resnet_cli.deploy.export import METADATA_FILE, ExportResult, build_variant
 from cifar_resnet_cli.measure.bench import BenchResult, benchmark
 from cifar_resnet_cli.model.resnet import resnet34

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cifar_resnet_cli"
@@ -90,3 +91,25 @@ def test_the_check_sees_imports_inside_functions_and_relative_ones():
     assert "training.train" in graph["cli.commands.train"]  # imported inside the train command
     assert "core.errors" in graph["core.settings"]
     assert "core.settings" in graph["training.train"]
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                long.append(
+                    f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1})"
+                )
+    assert not long, "functions over 80 lines: " + ", ".join(long)
+
+
+def test_every_registry_line_names_a_module_that_provides_it():
+    from cifar_resnet_cli.core.formats import EXPORT_FORMATS
+    from cifar_resnet_cli.core.kinds import DATASET_KINDS
+
+    for name, kind in DATASET_KINDS.items():
+        assert callable(getattr(importlib.import_module(kind.loader), "load", None)), name
+    for name, fmt in EXPORT_FORMATS.items():
+        module = fmt.module()
+        assert callable(getattr(module, "write", None)) and callable(getattr(module, "unavailable", None)), name

@@ -25,6 +25,7 @@ from pydantic_settings import (
 )
 
 from .errors import ConfigError
+from .formats import ExportMethod, method_problem
 from .kinds import ALLOWED_NUM_CLASSES, DEFAULT_NUM_CLASSES, Dataset
 
 ENV_PREFIX = "CIFAR_RESNET_"
@@ -238,7 +239,6 @@ class EvalSettings(_Section):
 Variant = Literal["eager", "trace", "script", "frozen", "compile", "aoti", "onnxruntime", "openvino"]
 Precision = Literal["fp32", "bf16", "fp16"]
 ExportPrecision = Literal["fp32", "bf16", "fp16", "int8"]
-ExportMethod = Literal["trace", "script", "frozen", "aoti", "onnx", "all"]
 Layout = Literal["nchw", "nhwc"]
 
 
@@ -303,21 +303,9 @@ class ExportSettings(_Section):
 
     @model_validator(mode="after")
     def _method_fits_dtype(self) -> ExportSettings:
-        named = set(self.methods) - {"all"}
-        if self.dtype == "int8" and named - {"onnx"}:
-            raise ValueError(
-                "int8 archives are ONNX files (static QDQ quantization by ONNX Runtime): use "
-                f"--method onnx, not {', '.join(sorted(named - {'onnx'}))}"
-            )
-        if "onnx" in named and self.dtype in ("bf16", "fp16"):
-            raise ValueError(
-                f"ONNX archives are fp32 or int8, not {self.dtype}: ONNX Runtime's CPU provider has no "
-                "bf16/fp16 convolutions (OpenVINO runs an fp32 ONNX file in bf16 by itself)"
-            )
-        if self.channels_last and (self.dtype == "int8" or "onnx" in named):
-            raise ValueError(
-                "--channels-last applies to TorchScript and aoti archives; ONNX runtimes pick the layout themselves"
-            )
+        problem = method_problem(list(self.methods), self.dtype, self.channels_last)
+        if problem:
+            raise ValueError(problem)
         return self
 
 

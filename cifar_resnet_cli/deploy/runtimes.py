@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..model.archives import AotiRunner, LoaderCrashed, OpenVinoRunner, OrtRunner, optional
-from .export import DTYPES, Deployed
+from .job import DTYPES, Deployed
 from .writers import onnx_proto, quantize_onnx, save_onnx, write_aoti
 
 RUNTIME_VARIANTS = ("aoti", "onnxruntime", "openvino")

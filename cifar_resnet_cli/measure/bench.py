@@ -29,8 +29,9 @@ from ..core.errors import CifarResnetError
 from ..core.fileio import atomic_write_bytes, check_writable
 from ..core.progress import Tasks, task
 from ..core.settings import BenchSettings, Settings
-from ..deploy.export import DTYPES, Deployed, build_variant, compare, tolerances
+from ..deploy.job import DTYPES, Deployed, compare, tolerances
 from ..deploy.runtimes import RUNTIME_VARIANTS, Workshop, not_applicable
+from ..deploy.torchscript import build_variant
 from ..model.archives import MissingExtra, archive_kind, is_archive, load_archive
 from ..model.resnet import resnet34
 from ..model.weights import WeightsMeta, load_model
@@ -239,23 +240,11 @@ def benchmark(
         raise CifarResnetError("fp16 is benchmarked on CUDA only", "use --dtypes fp32,bf16 on the CPU")
     if csv_path is not None:
         check_writable(csv_path, force=True, what="--csv file")
-    warnings: list[str] = []
     if path is not None and is_archive(path):
         return _benchmark_archive(settings, path, device, csv_path, tasks)
-    if path is not None:
-        model, meta = load_model(path)
-        size = settings.model.image_size if "image_size" in settings.model.model_fields_set else meta.image_size
-    else:
-        torch.manual_seed(settings.train.seed)
-        model = resnet34(num_classes=settings.num_classes, stem=settings.model.stem)
-        size = settings.model.image_size
-        warnings.append(
-            f"no checkpoint: benchmarking a random-initialised ResNet34 ({settings.model.stem} stem, "
-            f"{settings.num_classes} classes); timings do not depend on the weights, agreement figures do"
-        )
+    model, size, warnings = _model_to_time(settings, path)
     model.eval().to(device)
     gen = torch.Generator().manual_seed(settings.train.seed)
-    timings: list[Timing] = []
     inputs = {batch: torch.randn(batch, 3, size, size, generator=gen).to(device) for batch in b.batch_sizes}
     with torch.inference_mode():
         references = {batch: model(x).float() for batch, x in inputs.items()}
@@ -271,39 +260,64 @@ def benchmark(
         )
     calibration = list(torch.randn(64, 3, size, size, generator=gen).split(16))
     workshop = Workshop(model, example, calibration)
+    timings: list[Timing] = []
     raw: dict[tuple[int, int], list[float]] = {}  # (combo index, batch) -> call times
     try:
         for index, (variant, dtype, layout, is_base) in enumerate(combos):
             with task(tasks, f"{variant} {dtype} {layout}: build, warm up, time", len(inputs)) as bar:
-                _time_combo(
-                    index,
-                    variant,
-                    dtype,
-                    layout,
-                    is_base,
-                    model,
-                    example,
-                    inputs,
-                    references,
-                    device,
-                    b,
-                    tamper,
-                    timings,
-                    raw,
-                    workshop,
-                    bar,
-                )
+                combo = (index, variant, dtype, layout, is_base)
+                _time_combo(*combo, model, example, inputs, references, device, b, tamper, timings, raw, workshop, bar)
     finally:
         workshop.close()
-    for row in timings:  # speed-up over eager fp32 at the same batch size, with its spread (IQR)
+    _add_speedups(timings, raw)
+    timings.sort(key=lambda t: b.batch_sizes.index(t.batch_size))  # stable: variant order kept per batch
+    env = _environment(settings, device, stem=model.stem, size=size, timings=timings)
+    if csv_path is not None:
+        _write_csv(csv_path, timings)
+    return BenchResult(
+        checkpoint=str(path) if path else None,
+        random_init=path is None,
+        environment=env,
+        timings=timings,
+        fastest_correct=_fastest(timings, b.batch_sizes),
+        source_reference=SOURCE_TABLE,
+        csv=str(csv_path) if csv_path else None,
+        warnings=warnings,
+    )
+
+
+def _model_to_time(settings: Settings, path: Path | None) -> tuple[torch.nn.Module, int, list[str]]:
+    """The checkpoint's model at its image size (or the one asked for), else a random-initialised one."""
+    if path is not None:
+        model, meta = load_model(path)
+        size = settings.model.image_size if "image_size" in settings.model.model_fields_set else meta.image_size
+        return model, size, []
+    torch.manual_seed(settings.train.seed)
+    model = resnet34(num_classes=settings.num_classes, stem=settings.model.stem)
+    return (
+        model,
+        settings.model.image_size,
+        [
+            f"no checkpoint: benchmarking a random-initialised ResNet34 ({settings.model.stem} stem, "
+            f"{settings.num_classes} classes); timings do not depend on the weights, agreement figures do"
+        ],
+    )
+
+
+def _add_speedups(timings: list[Timing], raw: dict[tuple[int, int], list[float]]) -> None:
+    """Speed-up over eager fp32 at the same batch size, with its spread (IQR)."""
+    for row in timings:
         base = raw.get((0, row.batch_size))
         if base and row.median_s:
             row.speedup = statistics.median(base) / row.median_s
             row.speedup_low = quantile(base, 0.25) / (row.p75_s or row.median_s)
             row.speedup_high = quantile(base, 0.75) / (row.p25_s or row.median_s)
-    timings.sort(key=lambda t: b.batch_sizes.index(t.batch_size))  # stable: variant order kept per batch
+
+
+def _fastest(timings: list[Timing], batch_sizes: list[int]) -> dict[str, FastestVariant]:
+    """The fastest variant whose output agrees with eager, per batch size."""
     fastest = {}
-    for batch in b.batch_sizes:
+    for batch in batch_sizes:
         ok = [t for t in timings if t.batch_size == batch and t.correct and t.median_s and t.speedup]
         if ok:
             best = min(ok, key=lambda t: t.median_s or 0)
@@ -316,19 +330,7 @@ def benchmark(
                 images_per_s=best.images_per_s or 0.0,
                 speedup=best.speedup or 0.0,
             )
-    env = _environment(settings, device, stem=model.stem, size=size, timings=timings)
-    if csv_path is not None:
-        _write_csv(csv_path, timings)
-    return BenchResult(
-        checkpoint=str(path) if path else None,
-        random_init=path is None,
-        environment=env,
-        timings=timings,
-        fastest_correct=fastest,
-        source_reference=SOURCE_TABLE,
-        csv=str(csv_path) if csv_path else None,
-        warnings=warnings,
-    )
+    return fastest
 
 
 def _combos(b: BenchSettings, device: torch.device) -> tuple[list[tuple[str, str, str, bool]], list[str]]:

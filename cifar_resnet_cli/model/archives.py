@@ -31,7 +31,6 @@ from .weights import WeightsMeta
 
 METADATA_FILE = "cifar_resnet.json"  # TorchScript _extra_files and the .pt2 archive's extra/ folder
 ONNX_METADATA_KEY = "cifar_resnet"
-SUFFIXES = {"torchscript": ".pt", "aoti": ".pt2", "onnx": ".onnx"}
 ONNX_RUNTIMES = ("onnxruntime", "openvino")
 EXTRAS = {"onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "onnx", "openvino": "openvino"}
 

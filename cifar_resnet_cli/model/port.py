@@ -206,21 +206,9 @@ def port_weights(
     device = resolve_device(settings.device)
     seed = settings.train.seed
     stem, num_classes, dataset = settings.model.stem, settings.num_classes, settings.data.dataset
-
-    if from_file is not None:
-        source = _Source(
-            state_dict=read_torchvision_checkpoint(from_file),
-            description=str(from_file),
-            sha256=sha256_file(from_file),
-            pretrained=True,
-        )
-    elif weights is not None and weights.lower() == "none":
-        source = _random_source(seed)
-    else:
-        source = _download_imagenet(str(weights))
+    source = _source(weights, from_file, seed)
     source_classes = _check_source(source.state_dict, source.description)
     source_sd = {k: (v.float() if v.is_floating_point() else v) for k, v in source.state_dict.items()}
-
     mapped, changed = map_torchvision_state_dict(
         source_sd,
         stem=stem,
@@ -229,63 +217,14 @@ def port_weights(
         generator=torch.Generator().manual_seed(seed),
     )
     conv1 = next((a.action for a in changed if a.name == "conv1.weight"), "copied")
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if source.pretrained else CIFAR_STATS[dataset]
-    meta = WeightsMeta(
-        stem=stem,
-        num_classes=num_classes,
-        class_names=list(class_names(dataset, num_classes)),
-        dataset=dataset,
-        mean=mean,
-        std=std,
-        image_size=settings.model.image_size,
-        pretrained=source.pretrained,
-        source=source.description,
-        source_sha256=source.sha256,
-        conv1=conv1,
-    )
-
-    # Parity of the backbone with torchvision's own model holding the source weights.
+    meta = _meta(settings, source, conv1)
     model = resnet34(num_classes=num_classes, stem=stem)
     model.load_state_dict(mapped)
-    reference = torchvision_reference(stem, source_classes)
-    # With the cifar stem, the reference gets the same 3x3 conv1 we made; all else is the source's.
-    reference.load_state_dict({**source_sd, "conv1.weight": mapped["conv1.weight"]})
     size = settings.model.image_size
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
-    model.to(device)
-    parity = compare_outputs(model, reference.to(device), x, logits=False)
-    max_diff = max(p.max_abs_diff for p in parity)
-    if max_diff > PARITY_TOLERANCE:
-        worst = max(parity, key=lambda p: p.max_abs_diff)
-        raise VerificationError(
-            f"ported backbone differs from torchvision by {max_diff:.3g} at {worst.name} "
-            f"(tolerance {PARITY_TOLERANCE:g}); nothing was written",
-            "this is a bug in the weight mapping: please report it with the source file",
-        )
-
-    # Serialise, load the bytes back into a fresh model, compare logits, and only then write.
-    data = weights_bytes(mapped, meta)
-    tensors, meta_back = parse_weights(data, out)
-    fresh = model_from_tensors(tensors, meta_back, out).to(device).eval()
-    with torch.inference_mode():
-        roundtrip = float((fresh(x) - model.eval()(x)).abs().max())
-    if roundtrip != 0.0 or meta_back.model_copy(update={"tensors_sha256": None}) != meta:
-        raise VerificationError(
-            f"the safetensors round trip changed the model (max |diff| {roundtrip:.3g}); nothing was written"
-        )
+    parity = _check_parity(model.to(device), source_sd, mapped, source_classes, stem, x)
+    data, roundtrip = _checked_bytes(model, mapped, meta, out, x)
     atomic_write_bytes(out, data)
-
-    warnings = []
-    if not source.pretrained:
-        warnings.append("--weights none: these weights are RANDOM, NOT PRETRAINED; use them only for tests and demos")
-    # The defaults (imagenet stem, 32 px) are the documented main path and stay quiet; a size or stem
-    # the user chose that leaves layer4 (parity[-2]) at 1x1 is worth a word.
-    chosen = settings.model.model_fields_set & {"stem", "image_size"}
-    if chosen and stem == "imagenet" and parity[-2].shape[-1] == 1:
-        warnings.append(
-            f"at {size} px the imagenet stem leaves a 1x1 final feature map; consider --stem cifar "
-            "or a larger --image-size for transfer"
-        )
     return PortResult(
         out=str(out),
         source=source.description,
@@ -302,7 +241,85 @@ def port_weights(
         output_sha256=hashlib.sha256(data).hexdigest(),
         output_bytes=len(data),
         parity=parity,
-        max_abs_diff=max_diff,
+        max_abs_diff=max(p.max_abs_diff for p in parity),
         roundtrip_max_abs_diff=roundtrip,
-        warnings=warnings,
+        warnings=_warnings(settings, source, parity),
     )
+
+
+def _source(weights: str | None, from_file: Path | None, seed: int) -> _Source:
+    """The torchvision weights to port: a local .pth, random (``none``), or the download."""
+    if from_file is not None:
+        return _Source(
+            state_dict=read_torchvision_checkpoint(from_file),
+            description=str(from_file),
+            sha256=sha256_file(from_file),
+            pretrained=True,
+        )
+    if weights is not None and weights.lower() == "none":
+        return _random_source(seed)
+    return _download_imagenet(str(weights))
+
+
+def _meta(settings: Settings, source: _Source, conv1: str) -> WeightsMeta:
+    """The file's metadata: classes and normalisation of the data set (ImageNet's for pretrained weights)."""
+    dataset, num_classes = settings.data.dataset, settings.num_classes
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if source.pretrained else CIFAR_STATS[dataset]
+    return WeightsMeta(
+        stem=settings.model.stem,
+        num_classes=num_classes,
+        class_names=list(class_names(dataset, num_classes)),
+        dataset=dataset,
+        mean=mean,
+        std=std,
+        image_size=settings.model.image_size,
+        pretrained=source.pretrained,
+        source=source.description,
+        source_sha256=source.sha256,
+        conv1=conv1,
+    )
+
+
+def _check_parity(model, source_sd: dict, mapped: dict, source_classes: int, stem: str, x: torch.Tensor) -> list:
+    """The backbone against torchvision's own model holding the source weights (with the cifar stem, the
+    reference gets the same 3x3 conv1 we made; all else is the source's)."""
+    reference = torchvision_reference(stem, source_classes)
+    reference.load_state_dict({**source_sd, "conv1.weight": mapped["conv1.weight"]})
+    parity = compare_outputs(model, reference.to(x.device), x, logits=False)
+    worst = max(parity, key=lambda p: p.max_abs_diff)
+    if worst.max_abs_diff > PARITY_TOLERANCE:
+        raise VerificationError(
+            f"ported backbone differs from torchvision by {worst.max_abs_diff:.3g} at {worst.name} "
+            f"(tolerance {PARITY_TOLERANCE:g}); nothing was written",
+            "this is a bug in the weight mapping: please report it with the source file",
+        )
+    return parity
+
+
+def _checked_bytes(model, mapped: dict, meta: WeightsMeta, out: Path, x: torch.Tensor) -> tuple[bytes, float]:
+    """Serialise, load the bytes back into a fresh model and compare logits: the bytes, once they match."""
+    data = weights_bytes(mapped, meta)
+    tensors, meta_back = parse_weights(data, out)
+    fresh = model_from_tensors(tensors, meta_back, out).to(x.device).eval()
+    with torch.inference_mode():
+        roundtrip = float((fresh(x) - model.eval()(x)).abs().max())
+    if roundtrip != 0.0 or meta_back.model_copy(update={"tensors_sha256": None}) != meta:
+        raise VerificationError(
+            f"the safetensors round trip changed the model (max |diff| {roundtrip:.3g}); nothing was written"
+        )
+    return data, roundtrip
+
+
+def _warnings(settings: Settings, source: _Source, parity: list) -> list[str]:
+    warnings = []
+    if not source.pretrained:
+        warnings.append("--weights none: these weights are RANDOM, NOT PRETRAINED; use them only for tests and demos")
+    # The defaults (imagenet stem, 32 px) are the documented main path and stay quiet; a size or stem
+    # the user chose that leaves layer4 (parity[-2]) at 1x1 is worth a word.
+    chosen = settings.model.model_fields_set & {"stem", "image_size"}
+    if chosen and settings.model.stem == "imagenet" and parity[-2].shape[-1] == 1:
+        warnings.append(
+            f"at {settings.model.image_size} px the imagenet stem leaves a 1x1 final feature map; consider "
+            "--stem cifar or a larger --image-size for transfer"
+        )
+    return warnings

@@ -668,6 +668,18 @@ class _Loop:
                 break
 
     def _epoch(self, epoch: int, first_step: int, partial: dict[str, float] | None, clock: CheckpointClock) -> None:
+        """Train one epoch from ``first_step`` (mid-epoch on resume), then validate, record and save."""
+        sums, coverage, seen_before, epoch_time = self._train_epoch(epoch, first_step, partial, clock)
+        # Every sample of the epoch seen exactly once across the ranks (fewer with --limit-batches).
+        coverage = all_reduce_sum(coverage, self.ctx)
+        if int(coverage.max()) > 1 or (first_step == 0 and self.steps == self.n_batches and int(coverage.min()) < 1):
+            raise DistributedError(f"epoch {epoch}: the ranks did not share the data exactly once")
+        self._end_epoch(epoch, sums.totals(self.ctx, self.device), seen_before, epoch_time, clock)
+
+    def _train_epoch(
+        self, epoch: int, first_step: int, partial: dict[str, float] | None, clock: CheckpointClock
+    ) -> tuple[_Sums, torch.Tensor, int, float]:
+        """The optimisation steps of one epoch: the running sums, which samples were seen, and the time."""
         t, ctx, device = self.settings.train, self.ctx, self.device
         self.model.train()
         n_train = len(self.data.train)
@@ -687,7 +699,7 @@ class _Loop:
             sums.seen += len(idx)
             sums.samples += len(idx)
             if ctx.is_main:
-                elapsed = time.perf_counter() - epoch_start
+                ips = (sums.seen - seen_before) * ctx.world_size / max(time.perf_counter() - epoch_start, 1e-9)
                 self.progress.step(
                     epoch=epoch,
                     step=i + 1,
@@ -695,36 +707,35 @@ class _Loop:
                     loss=float(sums.loss) / max(sums.seen, 1),
                     top1=sums.correct / max(sums.seen, 1),
                     lr=self.optimizer.param_groups[-1]["lr"],
-                    ips=(sums.seen - seen_before) * ctx.world_size / max(elapsed, 1e-9),
+                    ips=ips,
                 )
-            due = ctx.is_main and clock.tick()
-            flags = all_reduce_sum(torch.tensor([float(self.stop.signum is not None), float(due)], device=device), ctx)
-            if (flags[0] > 0 or flags[1] > 0) and i + 1 < self.steps:
-                totals = sums.totals(ctx, device)
-                partial_now = {
-                    "loss_sum": totals[0],
-                    "correct": int(totals[1]),
-                    "seen": int(totals[2]),
-                    "samples": int(totals[3]),
-                }
-                self._save(
-                    Progress(
-                        epoch - 1, i + 1, (epoch - 1) * self.steps + i + 1, self.best_top1, self.best_epoch, partial_now
-                    ),
-                    clock,
-                )
-                if flags[0] > 0:
-                    raise self._interrupted(f"at epoch {epoch}, step {i + 1}/{self.steps}")
+            self._save_if_due(epoch, i, sums, clock)
         epoch_time = time.perf_counter() - epoch_start
         self.train_time += epoch_time
         if self.cached:
             self.head_times.append(epoch_time)
+        return sums, coverage, seen_before, epoch_time
 
-        # Every sample of the epoch seen exactly once across the ranks (fewer with --limit-batches).
-        coverage = all_reduce_sum(coverage, ctx)
-        if int(coverage.max()) > 1 or (first_step == 0 and self.steps == self.n_batches and int(coverage.min()) < 1):
-            raise DistributedError(f"epoch {epoch}: the ranks did not share the data exactly once")
-        totals = sums.totals(ctx, device)
+    def _save_if_due(self, epoch: int, i: int, sums: _Sums, clock: CheckpointClock) -> None:
+        """Inside an epoch: save a resumable state when the clock says so or a signal came (then stop)."""
+        ctx, device = self.ctx, self.device
+        due = ctx.is_main and clock.tick()
+        flags = all_reduce_sum(torch.tensor([float(self.stop.signum is not None), float(due)], device=device), ctx)
+        if (flags[0] > 0 or flags[1] > 0) and i + 1 < self.steps:
+            totals = sums.totals(ctx, device)
+            partial_now = {
+                "loss_sum": totals[0],
+                "correct": int(totals[1]),
+                "seen": int(totals[2]),
+                "samples": int(totals[3]),
+            }
+            step = (epoch - 1) * self.steps + i + 1
+            self._save(Progress(epoch - 1, i + 1, step, self.best_top1, self.best_epoch, partial_now), clock)
+            if flags[0] > 0:
+                raise self._interrupted(f"at epoch {epoch}, step {i + 1}/{self.steps}")
+
+    def _end_epoch(self, epoch: int, totals: list[float], seen_before: int, epoch_time: float, clock) -> None:
+        """Validate, record the epoch's metrics, save the epoch-end state, and stop if a signal came."""
         val = self._validate(epoch)
         score = val.top1_acc if val is not None else float(epoch)
         is_best = score > self.best_top1
@@ -747,8 +758,8 @@ class _Loop:
         self.history.append(metrics)
         self._save(Progress(epoch, 0, epoch * self.steps, self.best_top1, self.best_epoch), clock)
         self.progress.epoch_end(metrics)
-        stop = all_reduce_sum(torch.tensor([float(self.stop.signum is not None)], device=device), ctx)
-        if stop[0] > 0 and epoch < t.epochs:
+        stop = all_reduce_sum(torch.tensor([float(self.stop.signum is not None)], device=self.device), self.ctx)
+        if stop[0] > 0 and epoch < self.settings.train.epochs:
             raise self._interrupted(f"after epoch {epoch}")
 
     def _step(self, epoch: int, i: int, idx: torch.Tensor, global_batch: int):
