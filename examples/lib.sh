@@ -6,6 +6,7 @@
 #   OUT         where runs, weights, archives and plots go     (default: examples-out/<script>)
 #   EXTRA_ARGS  more train flags, e.g. "--limit-batches 20 --amp bf16 --channels-last"
 #   BENCH_VARIANTS, BENCH_ITERS, ABLATE_LIMIT   the size of the bench and ablate steps
+#   OPTIMIZERS, SCHEDULES   the grid of schedule_study.sh (default: "sgd adamw", "cosine onecycle step")
 set -euo pipefail
 CR=${CR:-cifar-resnet}
 EPOCHS=${EPOCHS:-10}

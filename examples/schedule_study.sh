@@ -5,9 +5,11 @@ source "$(dirname "$0")/lib.sh"
 
 port_weights "$OUT/init.safetensors"
 runs=()
-for optimizer in sgd adamw; do
+read -r -a OPTIMIZERS <<<"${OPTIMIZERS:-sgd adamw}"
+read -r -a SCHEDULES <<<"${SCHEDULES:-cosine onecycle step}"
+for optimizer in "${OPTIMIZERS[@]}"; do
   lr=$([[ $optimizer == sgd ]] && echo 0.05 || echo 0.001)
-  for schedule in cosine onecycle step; do
+  for schedule in "${SCHEDULES[@]}"; do
     runs+=("$("$CR" train "${DATA[@]}" --init "$OUT/init.safetensors" --epochs "$EPOCHS" --optimizer "$optimizer" \
             --lr "$lr" --schedule "$schedule" --runs-dir "$OUT/runs" --name "$optimizer-$schedule" "${EXTRA[@]}" \
             --json | json_get run_dir)")

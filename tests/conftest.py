@@ -165,3 +165,17 @@ def assert_same_run(a: Path, b: Path) -> None:
         ta, tb = read_weights(a / name)[0], read_weights(b / name)[0]
         assert all(torch.equal(ta[k], tb[k]) for k in ta), name
     assert not list(b.glob(".*.tmp")) and not (b / rundir.LOCK).exists()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``--dist loadgroup`` keeps an ``xdist_group`` on one worker by tagging its node ids; where the
+    installed pytest and pytest-xdist cannot (pytest 9.2 with xdist 3.8), each worker would build the
+    shared fixtures again and the suite would only be slower: say so instead."""
+    if getattr(config.option, "loadgroup", False):
+        lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+        if lost:
+            raise pytest.UsageError(
+                f"pytest-xdist did not group {lost[0]} and {len(lost) - 1} more tests: install pytest < 9.2 "
+                "(pyproject's dev extra pins it)"
+            )

@@ -290,7 +290,7 @@ def test_train_and_compare_import_where_there_is_no_fcntl(tmp_path: Path) -> Non
         "import sys; sys.modules['fcntl'] = None; sys.modules['msvcrt'] = None\n"
         "import cifar_resnet_cli.training.train, cifar_resnet_cli.training.compare, cifar_resnet_cli.cli.app\n"
         "from pathlib import Path\n"
-        "from cifar_resnet_cli import rundir\n"
+        "from cifar_resnet_cli.training import rundir\n"
         "assert rundir.fcntl is None\n"
         "try:\n"
         "    rundir.locked(Path(sys.argv[1])).__enter__()\n"
