@@ -32,8 +32,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-docs: $(STAMP)  ## regenerate docs/cli.md from the app
+docs: $(STAMP)  ## regenerate docs/cli.md from the app and examples/cifar-resnet.toml from the settings
 	$(BIN)/python scripts/cli_reference.py
+	$(BIN)/python scripts/example_config.py
 
 clean:
 	rm -rf demo-out demo-out-isa demo-out-isa.log .pytest_cache .ruff_cache

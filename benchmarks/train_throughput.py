@@ -51,6 +51,7 @@ from cifar_resnet_cli.core.settings import load_settings
 from cifar_resnet_cli.measure.machine import matmul_rate, model_flops
 from cifar_resnet_cli.measure.timing import Measure, Rounds, interleave
 from cifar_resnet_cli.model.resnet import resnet34
+from cifar_resnet_cli.training import plan, setup
 
 CONFIGS = {
     "cifar-stem-32px": ("cifar", 32),
@@ -62,12 +63,12 @@ CONFIGS = {
 @contextmanager
 def _unfused() -> Iterator[None]:
     """The optimiser's per-tensor loop (torch's default on the CPU) instead of the fused kernel."""
-    saved = training.fused_supported
-    training.fused_supported = lambda model: False
+    saved = setup.fused_supported
+    setup.fused_supported = lambda model: False
     try:
         yield
     finally:
-        training.fused_supported = saved
+        setup.fused_supported = saved
 
 
 # name -> (settings overrides on top of ours, a context to run it in, what it measures)
@@ -248,7 +249,7 @@ class Ours(_Pipeline):
                 "auto",
                 t.channels_last,
                 self.device,
-                timer=training._step_timer(self.settings(), self.device),
+                timer=plan.step_timer(self.settings(), self.device),
                 run_steps=10**6,
             )
             self.overrides = {

@@ -134,3 +134,29 @@ def test_preprocess_normalises_and_resizes() -> None:
     out = preprocess(x, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 64)
     assert out.shape == (2, 3, 64, 64)
     assert torch.allclose(out, torch.full_like(out, (128 / 255 - 0.5) / 0.25), atol=1e-5)
+
+
+def test_the_feature_cache_asks_the_augmentation_pipeline() -> None:
+    import torch
+
+    from cifar_resnet_cli.core.settings import TrainSettings
+    from cifar_resnet_cli.data.augment import preprocess, random_crop_flip
+    from cifar_resnet_cli.data.presets import TrainTransform
+
+    stats = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    plain = TrainSettings(augment=False)
+    assert TrainTransform(plain, *stats, 32, 10).is_identity
+    for change in (
+        {"augment": True},
+        {"cutmix": 1.0},
+        {"mixup": 0.2},
+        {"auto_augment": "randaugment"},
+        {"random_erase": 0.1},
+    ):
+        assert not TrainTransform(plain.model_copy(update=change), *stats, 32, 10).is_identity, change
+    # With crop and flip on, the transform is that stage and the normalisation, draw for draw.
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(6)
+    x, target = TrainTransform(TrainSettings(), *stats, 32, 10)(images, labels, torch.Generator().manual_seed(3))
+    expected = preprocess(random_crop_flip(images, torch.Generator().manual_seed(3), padding=4), *stats, 32)
+    assert torch.equal(x, expected) and torch.equal(target, labels)

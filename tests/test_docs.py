@@ -45,3 +45,14 @@ def test_the_readme_fits_a_screen_or_two() -> None:
     lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     assert len(lines) <= 300, len(lines)
     assert "make demo" in lines[lines.index("## Set-up: two commands") + 3]
+
+
+def test_the_example_settings_file_is_generated_from_the_settings() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "example_config.py"), "--check"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr

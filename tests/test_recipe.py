@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from test_train import TINY, _InterruptAt, _settings
 
 from cifar_resnet_cli.core import devices
+from cifar_resnet_cli.training import plan as plan_module
 from cifar_resnet_cli.training import train as train_module
 from cifar_resnet_cli.training.ema import WeightsEma, ema_decay_at
 from cifar_resnet_cli.training.train import TrainingInterrupted, train
@@ -197,7 +198,7 @@ def test_amp_auto_times_the_runs_own_model_and_records_the_choice(cli, monkeypat
         calls.append((type(model).__name__, batch, image_size, num_classes, amp, channels_last))
         return 0.1 if amp == "off" else 0.05
 
-    monkeypatch.setattr(train_module, "step_seconds", fake_step_seconds)
+    monkeypatch.setattr(plan_module, "step_seconds", fake_step_seconds)
     monkeypatch.setattr(devices, "MIN_RUN_STEPS", 2)  # a real run that long would take minutes here
     run = cli.json("train", *TINY, "--epochs", "1", "--limit-batches", "2", "--batch-size", "16", "--name", "x")
     assert calls == [("ResNet", 16, 32, 10, "off", False), ("ResNet", 16, 32, 10, "bf16", True)]

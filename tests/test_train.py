@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from cifar_resnet_cli.core.intervals import proportion_interval
 from cifar_resnet_cli.core.settings import load_settings
+from cifar_resnet_cli.data import presets as presets_module
 from cifar_resnet_cli.data.augment import preprocess
 from cifar_resnet_cli.data.loading import load_dataset
 from cifar_resnet_cli.measure.evaluate import EvalResult, ranked, score_logits
@@ -299,7 +300,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(cli, monkeypatch) -> 
         out = preprocess(images, *args, **kwargs)
         return out * float("nan") if calls["n"] > 3 else out
 
-    monkeypatch.setattr(train_module, "preprocess", poisoned)
+    monkeypatch.setattr(presets_module, "preprocess", poisoned)  # what each training batch goes through
     r = cli("train", *TINY, "--limit-batches", "3", "--no-cache-features")
     assert r.exit_code == 1 and "loss became nan at epoch 2" in r.err
     assert "last good checkpoint: runs/train/last.safetensors (epoch 1)" in r.err

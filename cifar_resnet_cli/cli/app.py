@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .commands import ablate, bench, compare, config, evaluate, export, inspect, port, predict, train  # noqa: F401
+from .commands import ablate, bench, compare, config, evaluate, export, inspect, lr_find, port, predict, train  # noqa: F401
 from .common import app
 
 __all__ = ["app", "main"]

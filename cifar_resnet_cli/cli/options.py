@@ -102,7 +102,13 @@ def _option(use: Use) -> tuple[str, Any, Any]:
         )
         annotation = Optional[list[Any]]
     else:
-        option = typer.Option(*flags, **common)
+        metavar = None
+        if get_origin(kind) in (Union, types.UnionType):  # e.g. a number or "auto": pydantic parses the text
+            parts = [_strip_optional(get_args(a)[0]) if get_origin(a) is Annotated else a for a in get_args(kind)]
+            metavar = "|".join(
+                "|".join(map(str, get_args(p))) if get_origin(p) is Literal else p.__name__.upper() for p in parts
+            )
+        option = typer.Option(*flags, metavar=metavar, **common)
         annotation = Optional[kind if kind in (int, float, str, Path) or get_origin(kind) is Literal else str]
     if use.default_text is not None:
         default = None

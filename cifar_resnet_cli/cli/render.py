@@ -323,6 +323,11 @@ def render_train(result) -> None:
     data = f"{result.dataset}{' (SYNTHETIC)' if result.synthetic else ''}: {result.train_images} train, "
     data += f"{result.val_images} val, {result.test_images} test"
     summary.add_row("data", data)
+    if result.class_counts:  # the training split, per class: an imbalance shows here first
+        counts = ", ".join(f"{name} {n}" for name, n in result.class_counts.items())
+        balance = [f"--class-weights {result.class_weights}"] if result.class_weights != "none" else []
+        balance += [f"--sampler {result.sampler}"] if result.sampler != "uniform" else []
+        summary.add_row("train images per class", counts + (f" ({', '.join(balance)})" if balance else ""))
     summary.add_row("mode", f"{result.mode} from {result.init}")
     if result.precision:
         summary.add_row("precision", result.precision)
@@ -332,6 +337,9 @@ def render_train(result) -> None:
         summary.add_row("feature cache", result.feature_cache_note)
     ema = ", EMA weights" if result.ema else ""
     summary.add_row("best validation top-1", f"{_pct(result.best_val_top1)} (epoch {result.best_epoch}{ema})")
+    if result.best_val_balanced_accuracy is not None:
+        chosen = ", chose the best epoch" if result.select_by == "balanced" else ""
+        summary.add_row("validation balanced acc.", f"{_pct(result.best_val_balanced_accuracy)}{chosen}")
     if result.test_loss is None:
         summary.add_row("test top-1 / top-5", "none: this data has no test set")
     else:
@@ -351,11 +359,15 @@ def render_eval(result) -> None:
         title=f"{result.checkpoint} on {result.dataset} {result.split} ({result.images} images)", title_justify="left"
     )
     per.add_column("class")
-    per.add_column("correct", justify="right")
     per.add_column("images", justify="right")
-    per.add_column("accuracy", justify="right")
+    per.add_column("correct", justify="right")
+    per.add_column("recall", justify="right")
+    per.add_column("precision", justify="right")
+    per.add_column("F1", justify="right")
+    weakest = min(result.per_class, key=lambda c: c.recall if c.total else 2.0, default=None)
     for c in result.per_class:
-        per.add_row(c.name, str(c.correct), str(c.total), _pct(c.accuracy))
+        row = [c.name, str(c.total), str(c.correct), _pct(c.recall), _pct(c.precision), _pct(c.f1)]
+        per.add_row(*row, style="bold red" if c is weakest and len(result.per_class) > 1 else None)
     out.print(per)
     summary = Table(show_header=False)
     summary.add_column("what")
@@ -365,6 +377,9 @@ def render_eval(result) -> None:
         top1 += f" (95% interval {_pct(result.top1_ci95[0])} to {_pct(result.top1_ci95[1])})"
     summary.add_row("top-1", top1)
     summary.add_row("top-5", _pct(result.top5))
+    if result.balanced_accuracy is not None:  # a weak class shows here where top-1 averages it away
+        summary.add_row("balanced accuracy", f"{_pct(result.balanced_accuracy)} (mean per-class recall)")
+        summary.add_row("macro F1", _pct(result.macro_f1))
     summary.add_row("loss", f"{result.loss:.4f}")
     summary.add_row("flip TTA", "on" if result.tta else "off")
     summary.add_row("speed", f"{result.images_per_s:.0f} images/s, {result.time_s:.2f} s ({result.device})")
@@ -372,6 +387,8 @@ def render_eval(result) -> None:
         summary.add_row("confusion matrix", result.confusion_csv)
     if result.confusion_plot:
         summary.add_row("confusion plot", result.confusion_plot)
+    if result.per_class_csv:
+        summary.add_row("per-class CSV", result.per_class_csv)
     out.print(summary)
 
 
@@ -660,3 +677,17 @@ def render_config(result) -> None:
         else:
             lines.append(f"{s.key} = {_toml_value(s.value)}  # {s.origin}")
     out.print("\n".join(lines), highlight=False, markup=False, soft_wrap=True)
+
+
+def render_lr_find(result) -> None:
+    table = Table(show_header=False, title="Learning-rate range test", title_justify="left")
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    table.add_row("suggested lr", f"{result.suggested_lr:.3g} (steepest descent of the smoothed loss)")
+    table.add_row("minimum / 10", f"{result.min_loss_lr_div10:.3g}")
+    stopped = ", stopped: the loss diverged" if result.stopped_early else ""
+    table.add_row("steps", f"{result.steps} from {result.start_lr:g} to {result.lrs[-1]:.3g}{stopped}")
+    if result.plot:
+        table.add_row("plot", result.plot)
+    table.add_row("device", result.device)
+    out.print(table)

@@ -87,6 +87,11 @@ class DataSettings(_Section):
         "without val/ holds out 10% of train/ unless this is set.",
     )
     split_seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the train/validation split.")
+    val_split: Literal["stratified", "random"] = Field(
+        "stratified",
+        description="How validation is drawn from train: stratified (every class in proportion, so a small "
+        "class cannot vanish from it) or random (how runs before 0.2 drew it; they resume with it).",
+    )
     synthetic_size: int = Field(10_000, ge=100, le=200_000, description="Synthetic training images.")
 
 
@@ -128,7 +133,12 @@ class TrainSettings(_Section):
         "processes takes 1/N of it.",
         json_schema_extra=_cli(None, "-b"),
     )
-    lr: float = Field(0.05, gt=0, le=10, description="Peak learning rate.")
+    lr: Annotated[float, Field(gt=0, le=10)] | Literal["auto"] = Field(
+        0.05, description="Peak learning rate, or auto: the range test (lr-find) first, its suggestion taken."
+    )
+    lr_find_steps: int = Field(
+        200, ge=10, le=100_000, description="Steps of the learning-rate range test (lr-find, and --lr auto)."
+    )
     optimizer: Literal["sgd", "adamw"] = Field(
         "sgd", description="SGD with momentum, or AdamW.", json_schema_extra=_cli(None, "--opt")
     )
@@ -151,6 +161,21 @@ class TrainSettings(_Section):
     mixup: float = Field(0.0, ge=0, le=4, description="MixUp Beta alpha, e.g. 0.2; 0 = off.")
     mix_prob: float = Field(1.0, ge=0, le=1, description="Probability that a batch is mixed.")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing, e.g. 0.1.")
+    class_weights: Literal["none", "balanced"] = Field(
+        "none",
+        description="Loss weights per class: balanced = n / (classes x n_class) from the training split's counts "
+        "(scikit-learn's rule), applied to every class a mixed or smoothed target holds.",
+    )
+    sampler: Literal["uniform", "balanced"] = Field(
+        "uniform",
+        description="Which images an epoch draws: uniform (each once), or balanced (as many as the training "
+        "split holds, drawn with replacement so that every class is equally likely).",
+    )
+    select_by: Literal["top1", "balanced"] = Field(
+        "top1",
+        description="Validation score that picks best.safetensors (and --patience, --keep-top-k): top-1, or "
+        "balanced accuracy (the mean per-class recall).",
+    )
     auto_augment: Literal["none", "trivialaugment", "randaugment"] = Field(
         "none", description="Per-image TrivialAugment (wide) or RandAugment (2 ops, magnitude 9), on the device."
     )
@@ -508,10 +533,28 @@ def load_settings(
         _init_only.reset(tokens[1])
 
 
+def _field_loc(loc: tuple[str | int, ...]) -> tuple[str, ...]:
+    """The setting an error is about: list indices and union branches (``constrained-float``) dropped."""
+    out: list[str] = []
+    model: Any = Settings
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if not isinstance(part, str) or fields is None or part not in fields:
+            if out and not isinstance(part, str):
+                continue
+            if out:
+                break
+            continue
+        out.append(part)
+        model = fields[part].annotation
+    return tuple(out)
+
+
 def _invalid(exc: ValidationError, overrides: dict[str, Any], toml_file: Path | None) -> InvalidSettingError:
     """The first validation error as one message naming the option, its origin and the rule."""
     err = exc.errors()[0]
-    loc = tuple(p for p in err["loc"] if isinstance(p, str))  # list items: name the list
+    raw = tuple(p for p in err["loc"] if isinstance(p, str))
+    loc = raw if err["type"] == "extra_forbidden" else _field_loc(err["loc"])
     if not loc:  # a cross-field check (model validator)
         return InvalidSettingError(f"invalid settings: {err['msg'].removeprefix('Value error, ')}")
     where = _origin(loc, overrides, toml_file)

@@ -143,9 +143,7 @@ def _download(name: str, root: Path, layout: Layout) -> None:
         ) from None
 
 
-def read_layout(
-    name: str, folder: Path, layout: Layout, classes: tuple[str, ...], val_size: int, split_seed: int
-) -> Data:
+def read_layout(name: str, folder: Path, layout: Layout, classes: tuple[str, ...], request: DataRequest) -> Data:
     """Read the batches of ``layout`` in ``folder``, check them against ``classes``, split off validation."""
     meta = _unpickle(folder / layout.meta_file)
     names = meta.get(layout.names_key)
@@ -156,7 +154,8 @@ def read_layout(
     for y, what in ((y_train, "training"), (y_test, "test")):
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes)):
             raise DataError(f"{folder}: {what} labels outside 0..{len(classes) - 1}")
-    train, val = split_train_val(ImageSet(x_train, y_train), val_size, split_seed)
+    split = (request.val_size or 0, request.split_seed, request.val_split)
+    train, val = split_train_val(ImageSet(x_train, y_train), *split)
     return Data(name, tuple(classes), train, val, ImageSet(x_test, y_test), folder, name == "synthetic")
 
 
@@ -172,6 +171,4 @@ def load(request: DataRequest) -> Data:
                 f"pass --download, or --data-dir pointing at the folder that holds {layout.folder}/",
             )
         _download(name, data_dir, layout)
-    return read_layout(
-        name, folder, layout, DATASET_KINDS[name].classes or (), request.val_size or 0, request.split_seed
-    )
+    return read_layout(name, folder, layout, DATASET_KINDS[name].classes or (), request)

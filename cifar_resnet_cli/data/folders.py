@@ -285,6 +285,7 @@ def load_image_folder(
     val_size: int | None,
     val_size_chosen: bool,
     split_seed: int,
+    val_split: str = "stratified",
     tasks: Tasks | None = None,
 ) -> Data:
     """An image-folder dataset: train/ (validation drawn from it unless val/ exists) and test/ if any."""
@@ -299,7 +300,7 @@ def load_image_folder(
             )
     else:
         size = val_size if val_size is not None else max(1, round(len(train) * DEFAULT_VAL_FRACTION))
-        train, val = split_train_val(train, size, split_seed)
+        train, val = split_train_val(train, size, split_seed, val_split)
     if "test" in found.images:
         test = ImageSet(found.images["test"], found.labels["test"])
     else:
@@ -319,5 +320,6 @@ def load(request: DataRequest) -> Data:
         val_size=request.val_size,
         val_size_chosen=request.val_size_chosen,
         split_seed=request.split_seed,
+        val_split=request.val_split,
         tasks=request.tasks,
     )

@@ -60,13 +60,24 @@ def load_dataset(
     synthetic_size: int = 10_000,
     image_size: int = 32,
     val_size_chosen: bool = False,
+    val_split: str = "stratified",
     tasks: Tasks | None = None,
 ) -> Data:
     """Read the data set ``name`` (a key of the registry) with these data settings."""
     if name == "folder" and data_dir is None:
         raise DataError("--dataset folder needs --data-dir DIR, the folder that holds train/<class>/", LAYOUT_HINT)
     request = DataRequest(
-        name, data_dir, download, val_size, val_size_chosen, split_seed, num_classes, synthetic_size, image_size, tasks
+        name,
+        data_dir,
+        download,
+        val_size,
+        val_size_chosen,
+        split_seed,
+        val_split,
+        num_classes,
+        synthetic_size,
+        image_size,
+        tasks,
     )
     return DATASET_KINDS[name].load(request)
 
@@ -92,6 +103,9 @@ def load_data_for(
     val_size: int | None = from_meta("val_size")
     if kind.own_val_default and "val_size" not in chosen:  # a folder's recorded split, else its own share
         val_size = meta.val_size if meta is not None else None
+    val_split = d.val_split
+    if "val_split" not in chosen and meta is not None and meta.val_size is not None:
+        val_split = meta.val_split or "random"  # a trained checkpoint's split; before it was recorded: random
     num_classes = meta.num_classes if meta is not None else None
     if num_classes is None and kind.allowed_classes is not None:
         num_classes = settings.num_classes
@@ -102,6 +116,7 @@ def load_data_for(
         val_size=val_size,
         val_size_chosen="val_size" in chosen,
         split_seed=from_meta("split_seed"),
+        val_split=val_split,
         num_classes=num_classes,
         synthetic_size=from_meta("synthetic_size"),
         image_size=meta.image_size if meta is not None else settings.model.image_size,

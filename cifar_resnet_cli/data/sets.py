@@ -73,6 +73,7 @@ class DataRequest:
     val_size: int | None  # None: the kind's own default (a folder: 10% of train/)
     val_size_chosen: bool  # the user set it (a folder with val/ refuses it)
     split_seed: int
+    val_split: str  # stratified or random (runs and checkpoints from before stratified: random)
     num_classes: int | None
     synthetic_size: int
     image_size: int
@@ -85,12 +86,32 @@ def default_data_dir() -> Path:
     return Path(cache) / "cifar-resnet" / "data"
 
 
-def split_train_val(train: ImageSet, val_size: int, seed: int) -> tuple[ImageSet, ImageSet]:
-    """Hold out ``val_size`` training images (seeded permutation) for model selection."""
+def split_train_val(train: ImageSet, val_size: int, seed: int, method: str = "stratified") -> tuple[ImageSet, ImageSet]:
+    """Hold out ``val_size`` training images (seeded) for model selection: ``stratified``, each class in
+    proportion to its share of train (largest remainders round the counts), or ``random``."""
     if val_size >= len(train):
         raise DataError(
             f"--val-size {val_size} leaves no training images (the training set has {len(train)})",
             f"use a --val-size below {len(train)}",
         )
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-    return train.subset(order[val_size:]), train.subset(order[:val_size])
+    if method == "random" or val_size == 0:
+        return train.subset(order[val_size:]), train.subset(order[:val_size])
+    held = torch.zeros(len(train), dtype=torch.bool)
+    held[_stratified_pick(train.labels.cpu(), order, val_size)] = True
+    in_order = held[order]
+    return train.subset(order[~in_order]), train.subset(order[in_order])
+
+
+def _stratified_pick(labels: torch.Tensor, order: torch.Tensor, val_size: int) -> torch.Tensor:
+    """The first images of each class in ``order``, as many as its share of ``val_size``."""
+    counts = torch.bincount(labels)
+    exact = counts.double() * val_size / len(labels)
+    quota = exact.floor().long()
+    short = val_size - int(quota.sum())
+    if short > 0:  # largest remainders first; equal ones by class index
+        remainder = exact - quota
+        ranked = sorted(range(len(counts)), key=lambda c: (-float(remainder[c]), c))
+        quota[ranked[:short]] += 1
+    ordered = labels[order]
+    return torch.cat([order[ordered == c][: int(q)] for c, q in enumerate(quota.tolist())])

@@ -86,4 +86,4 @@ def load(request: DataRequest) -> Data:
     folder = write_synthetic(data_dir, num_classes=num_classes, train_size=request.synthetic_size)
     layout = dataclasses.replace(CIFAR10_LAYOUT if num_classes == 10 else CIFAR100_LAYOUT, folder=folder.name)
     classes = class_names("synthetic", num_classes)
-    return read_layout("synthetic", folder, layout, classes, request.val_size or 0, request.split_seed)
+    return read_layout("synthetic", folder, layout, classes, request)

@@ -23,6 +23,7 @@ from ..data.augment import preprocess
 from ..data.loading import load_checked_data, split_of
 from ..data.sets import ImageSet
 from ..model.archives import load_for_inference
+from .class_metrics import ClassScores, per_class_csv, per_class_scores, summary
 from .plots import PlotUnavailable, plot_confusion
 
 
@@ -138,13 +139,6 @@ def evaluate_model(
     return merge(parts, num_classes)
 
 
-class ClassAccuracy(BaseModel):
-    name: str
-    correct: int
-    total: int
-    accuracy: float
-
-
 class EvalResult(BaseModel):
     checkpoint: str
     dataset: str
@@ -156,7 +150,12 @@ class EvalResult(BaseModel):
     top5: float
     loss: float
     tta: bool
-    per_class: list[ClassAccuracy]
+    balanced_accuracy: float | None = None  # mean per-class recall (class_metrics.py); None: older results
+    macro_precision: float | None = None
+    macro_recall: float | None = None
+    macro_f1: float | None = None
+    per_class: list[ClassScores]
+    per_class_csv: str | None = None
     confusion: list[list[int]]
     class_names: list[str]
     confusion_csv: str | None
@@ -182,10 +181,12 @@ def evaluate_checkpoint(
     *,
     confusion: Path | None = None,
     confusion_plot: Path | None = None,
+    per_class_csv_path: Path | None = None,
     tasks: Tasks | None = None,
 ) -> EvalResult:
     """Evaluate one of our checkpoints on the test (or validation) split."""
-    for target, what in ((confusion, "--confusion file"), (confusion_plot, "--confusion-plot file")):
+    outputs = ((confusion, "--confusion file"), (confusion_plot, "--confusion-plot file"))
+    for target, what in (*outputs, (per_class_csv_path, "--per-class-csv file")):
         if target is not None:
             check_writable(target, force=True, what=what)
     device = resolve_device(settings.device)
@@ -206,13 +207,11 @@ def evaluate_checkpoint(
         label=f"eval {settings.eval.split}",
     )
     elapsed = time.perf_counter() - start
-    per_class = []
-    for i, name in enumerate(data.classes):
-        total = int(scores.confusion[i].sum())
-        correct = int(scores.confusion[i, i])
-        per_class.append(ClassAccuracy(name=name, correct=correct, total=total, accuracy=correct / max(total, 1)))
+    per_class = per_class_scores(scores.confusion, data.classes)
     if confusion is not None:
         atomic_write_bytes(confusion, confusion_csv(scores.confusion, data.classes))
+    if per_class_csv_path is not None:
+        atomic_write_bytes(per_class_csv_path, per_class_csv(per_class))
     warnings = []
     if data.synthetic:
         warnings.append("evaluated on SYNTHETIC data, not CIFAR: the numbers say nothing about real images")
@@ -236,7 +235,9 @@ def evaluate_checkpoint(
         top5=scores.top5_acc,
         loss=scores.loss,
         tta=settings.eval.tta,
+        **summary(per_class).model_dump(),
         per_class=per_class,
+        per_class_csv=str(per_class_csv_path) if per_class_csv_path is not None else None,
         confusion=scores.confusion.tolist(),
         class_names=list(data.classes),
         confusion_csv=str(confusion) if confusion is not None else None,

@@ -113,3 +113,19 @@ def plot_confusion(confusion: Sequence[Sequence[int]], names: Sequence[str], pat
                     )
     ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (rows sum to 1)")
     _save(fig, path)
+
+
+def plot_lr_find(lrs: Sequence[float], smoothed: Sequence[float], suggested: float, path: Path) -> None:
+    """The range test: smoothed loss against the learning rate (log scale), the suggestion marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(lrs, smoothed, color="C0", label="training loss (smoothed)")
+    ax.axvline(suggested, color="C3", linestyle="--", label=f"suggested lr {suggested:.2g} (steepest descent)")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss")
+    low = min(smoothed)
+    ax.set_ylim(low - 0.05 * abs(low), min(max(smoothed), 4 * low) * 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)

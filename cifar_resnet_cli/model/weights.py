@@ -54,6 +54,7 @@ class WeightsMeta(BaseModel):
     trained_steps: int | None = None
     val_size: int | None = None
     split_seed: int | None = None
+    val_split: str | None = None  # stratified or random; None on files from before it was recorded: random
     synthetic_size: int | None = None
     run: str | None = None
     tensors_sha256: str | None = None  # see tensor_digest; set by weights_bytes, checked by parse_weights

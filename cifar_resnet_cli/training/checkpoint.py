@@ -267,13 +267,11 @@ class Checkpointer:
         return written
 
     def top_epochs(self, p: Progress) -> list[int]:
-        """The ``keep_top_k`` best finished epochs by validation top-1 (the later ones without validation)."""
+        """The ``keep_top_k`` best finished epochs by the validation score (--select-by; the later ones
+        without validation)."""
         if not self.keep_top_k:
             return []
-        rows = [
-            (h.get("val_top1") if h.get("val_top1") is not None else h["epoch"], -h["epoch"], h["epoch"])
-            for h in p.history
-        ]
+        rows = [(_score(h) if _score(h) is not None else h["epoch"], -h["epoch"], h["epoch"]) for h in p.history]
         return [epoch for *_, epoch in sorted(rows, reverse=True)[: self.keep_top_k]]
 
     def _prune_top(self, p: Progress) -> None:
@@ -346,3 +344,9 @@ def stop_on_signals(note: Callable[[str], None]) -> Iterator[StopRequest]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def _score(row: dict) -> float | None:
+    """An epoch's selection score: ``val_score`` (top-1 or balanced accuracy), else, in runs from before
+    it was recorded, top-1."""
+    return row.get("val_score") if row.get("val_score") is not None else row.get("val_top1")

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,19 +24,19 @@ import torch.nn.functional as F
 from pydantic import BaseModel
 from torch.nn.parallel import DistributedDataParallel
 
-from ..core.devices import device_description, resolve_device, resolve_precision
-from ..core.errors import CheckpointError, ConfigError, DownloadError, TrainingDiverged, TrainingInterrupted
-from ..core.fileio import remove_temporaries, sha256_file
-from ..core.kinds import CIFAR_STATS
+from ..core.devices import device_description, resolve_device
+from ..core.errors import CheckpointError, ConfigError, TrainingDiverged, TrainingInterrupted
+from ..core.fileio import remove_temporaries
 from ..core.progress import NoTasks, Tasks, task
 from ..core.settings import Settings, parse_checkpoint_every
-from ..data.augment import mix_batch, preprocess, random_crop_flip
-from ..data.autoaugment import auto_augment, random_erase
-from ..data.loading import load_data_for, settings_for_data
-from ..data.sets import Data, ImageSet, default_data_dir
+from ..data.augment import preprocess
+from ..data.loading import load_data_for
+from ..data.presets import TrainTransform
+from ..data.sets import Data, ImageSet
+from ..measure.class_metrics import balanced_accuracy
 from ..measure.evaluate import Scores, autocast, evaluate_model, merge, score_logits
 from ..measure.plots import PlotUnavailable, plot_curves
-from ..model.resnet import ResNet, freeze_backbone, resnet34
+from ..model.resnet import ResNet, freeze_backbone
 from ..model.weights import WeightsMeta, load_model, model_from_tensors
 from . import distributed, rundir
 from .checkpoint import (
@@ -50,10 +51,21 @@ from .checkpoint import (
 )
 from .distributed import DistContext, DistributedError, all_reduce_sum, barrier, broadcast_object
 from .ema import WeightsEma
-from .precision_probe import step_seconds
+from .plan import settings_for_run
+from .sampling import balanced_draw, balanced_weights, class_counts, epoch_order, imbalance_note, step_generator
+from .setup import Init, initial_model, make_optimizer, param_groups
 from .sinks import MetricsSinks, tensorboard_enabled
 
-__all__ = ["TrainResult", "TrainingDiverged", "TrainingInterrupted", "train"]
+# param_groups, initial_model and make_optimizer (setup.py) stay importable from here.
+__all__ = [
+    "TrainResult",
+    "TrainingDiverged",
+    "TrainingInterrupted",
+    "initial_model",
+    "make_optimizer",
+    "param_groups",
+    "train",
+]
 
 # Settings that may change when a run is resumed (they do not change the result); others are refused.
 RESUMABLE_CHANGES = {
@@ -73,6 +85,8 @@ class EpochMetrics(BaseModel):
     val_loss: float | None
     val_top1: float | None
     val_top5: float | None
+    val_balanced_accuracy: float | None = None  # mean per-class recall on validation
+    val_score: float | None = None  # what --select-by picks the best epoch by (top-1 or balanced accuracy)
     epoch_time_s: float
     images_per_s: float
     best: bool
@@ -97,7 +111,12 @@ class TrainResult(BaseModel):
     val_images: int
     test_images: int
     best_epoch: int
-    best_val_top1: float | None
+    best_val_top1: float | None  # validation top-1 of the best epoch
+    select_by: str = "top1"  # what picked the best epoch: top1, or balanced (accuracy)
+    best_val_balanced_accuracy: float | None = None  # validation balanced accuracy of the best epoch
+    class_counts: dict[str, int] = {}  # training images per class
+    class_weights: str = "none"
+    sampler: str = "uniform"
     test_top1: float | None  # None: the data has no test set (an image folder without test/)
     test_top5: float | None
     test_loss: float | None
@@ -188,170 +207,6 @@ def _schedule_args(settings: Settings, steps_per_epoch: int) -> dict[str, Any]:
     }
 
 
-def param_groups(model: ResNet, settings: Settings) -> list[dict[str, Any]]:
-    """Head and backbone groups; no weight decay on BatchNorm parameters and biases (ndim <= 1)."""
-    t = settings.train
-    groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            groups.setdefault(("head" if name.startswith("fc.") else "backbone", p.ndim > 1), []).append(p)
-    return [
-        {
-            "params": params,
-            "name": part + ("" if decay else "-no-decay"),
-            "lr": t.lr * (1.0 if part == "head" else t.backbone_lr_scale),
-            "peak_lr": t.lr * (1.0 if part == "head" else t.backbone_lr_scale),
-            "weight_decay": t.weight_decay if decay else 0.0,
-        }
-        for (part, decay), params in sorted(groups.items(), key=lambda kv: (kv[0][0] != "backbone", not kv[0][1]))
-    ]
-
-
-def make_optimizer(model: ResNet, settings: Settings) -> torch.optim.Optimizer:
-    """SGD or AdamW, with the fused implementation (one kernel over every tensor) where this torch
-    has it for the model's device: the same numbers, and on a 2-core CPU the SGD step of ResNet34
-    takes about 8 ms instead of about 90 ms with the per-tensor loop (docs/training.md)."""
-    t = settings.train
-    groups = param_groups(model, settings)
-    # Not fused SGD under fp16's GradScaler: its kernel advances the momentum on the steps the scaler
-    # skips (an overflow, routine in the first steps), so the next step applies a garbage update and the
-    # loss is nan by step 5 (torch 2.11 on an H200; torch 2.14 on the CPU). Fused AdamW skips them.
-    sgd_with_scaler = t.optimizer == "sgd" and t.amp == "fp16"
-    fused = {"fused": True} if fused_supported(model) and not sgd_with_scaler else {}
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=t.lr, betas=(t.momentum, 0.999), **fused)
-    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0, **fused)
-
-
-def fused_supported(model: torch.nn.Module) -> bool:
-    """Whether torch's fused SGD/AdamW kernels serve every trainable parameter (CPU and CUDA, float)."""
-    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
-
-
-# ---------------------------------------------------------------------------------------------
-# Initialisation
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Init:
-    model: ResNet
-    meta: WeightsMeta  # the template for every checkpoint this run writes
-    note: str | None = None  # what was adapted (a new head), for the run's warnings
-
-
-def ported_cache_path(settings: Settings) -> Path:
-    """Where ``--init imagenet`` keeps its ported weights (``~/.cache/cifar-resnet/ported``)."""
-    m = settings.model
-    name = f"resnet34-IMAGENET1K_V1-{settings.data.dataset}-{settings.num_classes}c-{m.stem}-{m.conv1_init}"
-    return default_data_dir().parent / "ported" / f"{name}-{m.image_size}px.safetensors"
-
-
-def initial_model(settings: Settings, data: Data) -> Init:
-    """The model training starts from: ImageNet (ported on the fly, cached), a file, or scratch."""
-    t, m = settings.train, settings.model
-    common = {
-        "num_classes": settings.num_classes,
-        "class_names": list(data.classes),
-        "dataset": data.name,
-        "image_size": m.image_size,
-        "val_size": len(data.val),
-        "split_seed": settings.data.split_seed,
-        "synthetic_size": settings.data.synthetic_size if data.synthetic else None,
-    }
-    if t.init == "none":
-        torch.manual_seed(t.seed)
-        # Each residual block starts as the identity (its last BatchNorm's weight 0; Goyal et al. 2017). Without
-        # it the 16 blocks add up: the first loss is far above ln(classes) and, at the usual peak rates without
-        # warm-up, training diverged or not by the CPU's rounding (docs/numerics.md).
-        model = resnet34(num_classes=settings.num_classes, stem=m.stem, zero_init_residual=True)
-        mean, std = CIFAR_STATS[data.name]
-        source = f"random initialisation (seed {t.seed}, residual branches zeroed)"
-        meta = WeightsMeta(
-            stem=m.stem,
-            mean=mean,
-            std=std,
-            pretrained=False,
-            conv1="random",
-            source=source,
-            source_sha256="none",
-            **common,
-        )
-        return Init(model, meta)
-    if t.init == "imagenet":
-        path = ported_cache_path(settings)
-        if not path.is_file():
-            from ..model.port import port_weights
-
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                port_weights(settings, out=path, weights="IMAGENET1K_V1", force=True)
-            except DownloadError as exc:
-                raise DownloadError(
-                    exc.message,
-                    f"{exc.hint}; or train from a file with --init FILE.safetensors (made by `cifar-resnet "
-                    "port --from FILE.pth`), or from scratch with --init none",
-                ) from None
-    else:
-        path = Path(t.init)
-        if not path.is_file():
-            raise CheckpointError(f"--init {t.init}: no such file", "use imagenet, none, or a .safetensors file")
-    model, meta = load_model(path)
-    note = None
-    if meta.num_classes != settings.num_classes:
-        model = _new_head(model, settings.num_classes, t.seed)
-        if t.init != "imagenet":  # a ported ImageNet head is always new; a trained one is replaced
-            note = (
-                f"--init {path} has a {meta.num_classes}-class head ({meta.dataset}): its backbone is used "
-                f"with a new {settings.num_classes}-class head (seed {t.seed})"
-            )
-    elif tuple(meta.class_names) != data.classes and t.init != "imagenet":
-        model = _new_head(model, settings.num_classes, t.seed)
-        note = (
-            f"--init {path} was trained on other classes ({meta.dataset}): its backbone is used with a new "
-            f"head for {data.name}'s classes (seed {t.seed})"
-        )
-    if "stem" in m.model_fields_set and m.stem != meta.stem:
-        raise ConfigError(
-            f"--stem {m.stem} was asked for, but --init {path} has the {meta.stem} stem",
-            "drop --stem (the weights decide), or port weights with that stem",
-        )
-    source = meta.source if t.init != "imagenet" else f"{meta.source} (ported to {path})"
-    template = meta.model_copy(
-        update={
-            **common,
-            "stem": meta.stem,
-            "source": source,
-            "source_sha256": meta.source_sha256 if t.init == "imagenet" else sha256_file(path),
-        }
-    )
-    return Init(model, template, note)
-
-
-def _new_head(model: ResNet, num_classes: int, seed: int) -> ResNet:
-    """The same backbone with a freshly initialised ``num_classes`` head (nn.Linear's default init)."""
-    torch.manual_seed(seed)
-    fresh = resnet34(num_classes=num_classes, stem=model.stem)
-    backbone = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
-    fresh.load_state_dict(backbone, strict=False)
-    return fresh
-
-
-# ---------------------------------------------------------------------------------------------
-# Data order and augmentation draws: functions of (seed, epoch, step, rank), so resume needs no state
-# ---------------------------------------------------------------------------------------------
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The permutation of epoch ``epoch``: the same on every rank, and after a resume."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-
-
-def step_generator(seed: int, global_step: int, rank: int) -> torch.Generator:
-    """The augmentation RNG of one step on one rank: reproducible without saved state."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + global_step) * 8_191 + rank) % 2**63)
-
-
 def settings_for_resume(run_dir: Path, overrides: dict[str, Any]) -> Settings:
     """The run's own settings, with only the flags given now on top; incompatible changes refused.
 
@@ -360,6 +215,8 @@ def settings_for_resume(run_dir: Path, overrides: dict[str, Any]) -> Settings:
     from ..core.settings import load_settings
 
     saved = rundir.read_json(run_dir / rundir.SETTINGS)
+    if isinstance(saved.get("data"), dict):  # runs from before the stratified split drew it at random
+        saved["data"].setdefault("val_split", "random")
     settings = load_settings(overrides=overrides, base=saved)
     before, after = Settings.model_validate(saved).model_dump(mode="json"), settings.model_dump(mode="json")
     changed = []
@@ -491,8 +348,8 @@ def _train(
     started = time.perf_counter()
     _check_runtime(settings, device, ctx)
     data = load_data_for(settings, tasks=progress).to(device)
-    settings, precision = _settings_for_run(settings_for_data(settings, data), data, device)
-    warnings = [*data.notes, *_warnings(settings, data, ctx)]
+    settings, precision, notes = settings_for_run(settings, data, device, progress)  # once: read-only from here
+    warnings = [*data.notes, *notes, *_warnings(settings, data, ctx)]
     with stop_on_signals(progress.note) as stop:
         init = None
         if resume is None:
@@ -512,42 +369,6 @@ def _train(
             loop.run(start)
             result = _finish(loop, started, start.epoch if gen is not None else None, warnings)
             return result.model_copy(update={"precision": precision})
-
-
-def _settings_for_run(settings: Settings, data: Data, device: torch.device) -> tuple[Settings, str]:
-    """``--amp auto`` and ``--channels-last`` decided for this device (settings.json records the
-    decision, so a resumed run computes as it started), and checks that need the data."""
-    t = settings.train
-    if t.patience is not None and len(data.val) == 0:
-        raise ConfigError("--patience needs a validation split to watch", "drop --patience, or set --val-size above 0")
-    n_batches = math.ceil(len(data.train) / (t.batch_size * t.accum_steps))
-    run_steps = t.epochs * min(n_batches, t.limit_batches or n_batches)
-    timer = None if device.type != "cpu" or distributed.launched_by_torchrun() else _step_timer(settings, device)
-    precision = resolve_precision(t.amp, t.channels_last, device, timer=timer, run_steps=run_steps)
-    train = t.model_copy(update={"amp": precision.amp, "channels_last": precision.channels_last})
-    return settings.model_copy(update={"train": train}), precision.reason
-
-
-def _step_timer(settings: Settings, device: torch.device):
-    """Seconds per training step of this run's model and batch, for ``--amp auto`` to compare precisions;
-    under torchrun every rank would time differently, so there it keeps the rule (devices.py)."""
-    m, t = settings.model, settings.train
-
-    def timer(amp: str, channels_last: bool) -> float:
-        model = resnet34(num_classes=settings.num_classes, stem=m.stem)
-        if t.freeze_backbone:
-            freeze_backbone(model)
-        return step_seconds(
-            model,
-            batch=t.batch_size,
-            image_size=m.image_size,
-            num_classes=settings.num_classes,
-            device=device,
-            amp=amp,
-            channels_last=channels_last,
-        )
-
-    return timer
 
 
 def _check_runtime(settings: Settings, device: torch.device, ctx: DistContext) -> None:
@@ -572,6 +393,10 @@ def _warnings(settings: Settings, data: Data, ctx: DistContext) -> list[str]:
         warnings.append("no validation split (--val-size 0): best.safetensors is simply the last epoch")
     if settings.train.sync_bn and not ctx.enabled:
         warnings.append("--sync-bn has nothing to synchronise on one process: plain BatchNorm it is")
+    note = imbalance_note(class_counts(data.train.labels, len(data.classes)), data.classes)
+    t = settings.train
+    if note and t.class_weights == "none" and t.sampler == "uniform":
+        warnings.append(note)
     return warnings
 
 
@@ -647,10 +472,17 @@ class _Loop:
     head_times: list[float] = field(default_factory=list)
     ema: WeightsEma | None = None
     stopped_early: int | None = None  # the epoch --patience stopped at
+    class_weight: torch.Tensor | None = None  # --class-weights balanced: the loss weight of each class
 
     @property
     def template(self) -> WeightsMeta:
         return self.ckpt.template
+
+    @cached_property
+    def transform(self) -> TrainTransform:
+        """Every augmentation of this run, normalised as its checkpoints say (data/presets.py)."""
+        m, s = self.template, self.settings
+        return TrainTransform(s.train, m.mean, m.std, s.model.image_size, s.num_classes)
 
     def run(self, start: Progress) -> None:
         t = self.settings.train
@@ -683,7 +515,9 @@ class _Loop:
         t, ctx, device = self.settings.train, self.ctx, self.device
         self.model.train()
         n_train = len(self.data.train)
+        # Positions in the epoch, shared out once each; they name images through the sampler's draw.
         batches = torch.tensor_split(epoch_order(n_train, t.seed, epoch).to(device), self.n_batches)[: self.steps]
+        draw = balanced_draw(self.data.train.labels, t.seed, epoch).to(device) if t.sampler == "balanced" else None
         before = partial if partial is not None and ctx.is_main else {}
         loss0 = torch.tensor(before.get("loss_sum", 0.0), dtype=torch.float64, device=device)
         sums = _Sums(loss0, *(int(before.get(k, 0)) for k in ("correct", "seen", "samples")))
@@ -693,7 +527,8 @@ class _Loop:
         for i in range(first_step, self.steps):
             idx = _shard(batches[i], ctx)
             coverage[idx] += 1
-            loss_total, logits, labels = self._step(epoch, i, idx, len(batches[i]))
+            images = idx if draw is None else draw[idx]
+            loss_total, logits, labels = self._step(epoch, i, images, len(batches[i]))
             sums.loss += loss_total.double()
             sums.correct += int((logits.argmax(1) == labels).sum())
             sums.seen += len(idx)
@@ -737,7 +572,9 @@ class _Loop:
     def _end_epoch(self, epoch: int, totals: list[float], seen_before: int, epoch_time: float, clock) -> None:
         """Validate, record the epoch's metrics, save the epoch-end state, and stop if a signal came."""
         val = self._validate(epoch)
-        score = val.top1_acc if val is not None else float(epoch)
+        balanced = balanced_accuracy(val.confusion) if val is not None else None
+        by_balanced = self.settings.train.select_by == "balanced"
+        score = (balanced if by_balanced else val.top1_acc) if val is not None else float(epoch)
         is_best = score > self.best_top1
         if is_best:
             self.best_top1, self.best_epoch = score, epoch
@@ -749,6 +586,8 @@ class _Loop:
             val_loss=val.loss if val else None,
             val_top1=val.top1_acc if val else None,
             val_top5=val.top5_acc if val else None,
+            val_balanced_accuracy=balanced,
+            val_score=score if val else None,
             epoch_time_s=epoch_time,
             images_per_s=(totals[2] - seen_before) / max(epoch_time, 1e-9),
             best=is_best,
@@ -784,7 +623,9 @@ class _Loop:
             with self._no_sync(last=k == len(parts) - 1):
                 with autocast(self.device, t.amp):
                     out = self.head(x) if self.cached else self.forward(x)
-                loss_total = F.cross_entropy(out.float(), y, label_smoothing=t.label_smoothing, reduction="sum")
+                loss_total = F.cross_entropy(
+                    out.float(), y, weight=self.class_weight, label_smoothing=t.label_smoothing, reduction="sum"
+                )
                 loss = loss_total * (ctx.world_size / global_batch)
                 bad = all_reduce_sum(torch.tensor([float(not bool(torch.isfinite(loss)))], device=self.device), ctx)
                 if bad[0] > 0:  # on any rank: every rank stops before its backward pass, none steps
@@ -802,21 +643,11 @@ class _Loop:
     def _inputs(self, global_step: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The batch as the model sees it: cached features, or images augmented (all draws from the
         step's generator, over the whole batch, so accumulation does not change them) and normalised."""
-        t, m = self.settings.train, self.template
         labels = self.data.train.labels[idx]
         if self.cached:
             return self.train_feats[idx], labels, labels
-        rng = step_generator(t.seed, global_step, self.ctx.rank)
-        images = self.data.train.images[idx]
-        if t.augment:
-            images = random_crop_flip(images, rng, padding=max(1, round(images.shape[-1] / 8)))
-        images = auto_augment(images, t.auto_augment, rng)
-        x = preprocess(images, m.mean, m.std, self.settings.model.image_size, channels_last=t.channels_last)
-        x = random_erase(x, t.random_erase, rng)
-        target: torch.Tensor = labels
-        if t.cutmix > 0 or t.mixup > 0:
-            soft = F.one_hot(labels, self.settings.num_classes).float()
-            x, target = mix_batch(x, soft, cutmix_alpha=t.cutmix, mixup_alpha=t.mixup, prob=t.mix_prob, generator=rng)
+        rng = step_generator(self.settings.train.seed, global_step, self.ctx.rank)
+        x, target = self.transform(self.data.train.images[idx], labels, rng)
         return x, target, labels
 
     def _no_sync(self, *, last: bool):
@@ -940,6 +771,8 @@ def _prepare(
     )
     if t.ema_decay > 0:
         loop.ema = WeightsEma(model, t.ema_decay)
+    if t.class_weights == "balanced":
+        loop.class_weight = balanced_weights(class_counts(data.train.labels, settings.num_classes)).to(device)
     if gen is not None:
         if loop.ema is not None:
             if gen.ema is None:
@@ -971,15 +804,7 @@ def _check_resumable(run_dir: Path, start: Progress, epochs: int) -> None:
 def _wrap(loop: _Loop) -> None:
     """Feature cache, DDP and torch.compile around the model, as the settings ask."""
     t, ctx, model = loop.settings.train, loop.ctx, loop.model
-    loop.cached = (
-        t.freeze_backbone
-        and t.cache_features
-        and not t.augment
-        and t.cutmix == 0
-        and t.mixup == 0
-        and t.auto_augment == "none"
-        and t.random_erase == 0
-    )
+    loop.cached = t.freeze_backbone and t.cache_features and loop.transform.is_identity
     if loop.cached:
         size, batch = loop.settings.model.image_size, loop.settings.eval.batch_size
         tick = time.perf_counter()
@@ -999,6 +824,34 @@ def _wrap(loop: _Loop) -> None:
             loop.forward = DistributedDataParallel(model, device_ids=ids)
     if t.compile:
         loop.forward = torch.compile(loop.forward)
+
+
+def _best_scores(history: list[EpochMetrics], best_epoch: int, select_by: str) -> dict[str, Any]:
+    """The validation figures of the best epoch (None without validation)."""
+    best = next((h for h in history if h.epoch == best_epoch), None)
+    return {
+        "best_val_top1": best.val_top1 if best is not None else None,
+        "best_val_balanced_accuracy": best.val_balanced_accuracy if best is not None else None,
+        "select_by": select_by,
+    }
+
+
+def _cache_figures(loop: _Loop) -> tuple[str | None, float | None, float | None]:
+    """A cached-feature run: what the cache saved (a note), extraction and head images/s."""
+    if not (loop.cached and loop.head_times):
+        return None, None, None
+    n, head_s, train_n = len(loop.head_times), sum(loop.head_times), len(loop.data.train)
+    extract_ips = (train_n + len(loop.data.val)) / max(loop.extract_s, 1e-9)
+    head_ips = n * train_n / max(head_s, 1e-9)
+    per_epoch_uncached = loop.extract_s + head_s / n
+    gain = n * per_epoch_uncached / (loop.extract_s + head_s)
+    note = (
+        f"features computed once in {loop.extract_s:.2f} s ({extract_ips:.0f} images/s); head epochs took "
+        f"{head_s / n:.3f} s ({head_ips:.0f} images/s); without the cache each epoch would run the backbone "
+        f"again (about {per_epoch_uncached:.2f} s): about {gain:.1f}x "
+        f"faster over {n} epochs (estimated from the extraction time)"
+    )
+    return note, extract_ips, head_ips
 
 
 def _finish(loop: _Loop, started: float, resumed_from: int | None, warnings: list[str]) -> TrainResult:
@@ -1021,19 +874,7 @@ def _finish(loop: _Loop, started: float, resumed_from: int | None, warnings: lis
             tasks=loop.progress,
             label="test, best checkpoint",
         )
-    cache_note, extract_ips, head_ips = None, None, None
-    if loop.cached and loop.head_times:
-        n, head_s = len(loop.head_times), sum(loop.head_times)
-        extract_ips = (len(data.train) + len(data.val)) / max(loop.extract_s, 1e-9)
-        head_ips = n * len(data.train) / max(head_s, 1e-9)
-        per_epoch_uncached = loop.extract_s + head_s / n
-        gain = n * per_epoch_uncached / (loop.extract_s + head_s)
-        cache_note = (
-            f"features computed once in {loop.extract_s:.2f} s ({extract_ips:.0f} images/s); head epochs took "
-            f"{head_s / n:.3f} s ({head_ips:.0f} images/s); without the cache each epoch would run the backbone "
-            f"again (about {per_epoch_uncached:.2f} s): about {gain:.1f}x "
-            f"faster over {n} epochs (estimated from the extraction time)"
-        )
+    cache_note, extract_ips, head_ips = _cache_figures(loop)
     history = loop.history
     trained_images = sum(h.images_per_s * h.epoch_time_s for h in history[(resumed_from or 0) :])
     result = TrainResult(
@@ -1053,7 +894,10 @@ def _finish(loop: _Loop, started: float, resumed_from: int | None, warnings: lis
         val_images=len(data.val),
         test_images=len(data.test),
         best_epoch=loop.best_epoch,
-        best_val_top1=loop.best_top1 if len(data.val) else None,
+        **_best_scores(history, loop.best_epoch, t.select_by),
+        class_counts=dict(zip(data.classes, class_counts(data.train.labels, len(data.classes)), strict=True)),
+        class_weights=t.class_weights,
+        sampler=t.sampler,
         test_top1=test and test.top1_acc,
         test_top5=test and test.top5_acc,
         test_loss=test and test.loss,

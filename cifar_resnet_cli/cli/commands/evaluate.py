@@ -30,13 +30,17 @@ def eval_cmd(
         Optional[Path],
         typer.Option("--confusion-plot", help="Draw the confusion matrix into this PNG (needs matplotlib)."),
     ] = None,
+    per_class_csv: Annotated[
+        Optional[Path],
+        typer.Option("--per-class-csv", help="Write per-class support, precision, recall and F1 to this CSV file."),
+    ] = None,
     config: ConfigOpt = None,
     debug: DebugOpt = False,
     json: JsonOpt = False,
     *,
     flags: dict[str, Any],
 ) -> None:
-    """Measure a checkpoint: top-1 (with its 95% interval), top-5, loss, per-class accuracy, confusion matrix.
+    """Measure a checkpoint: top-1 (95% interval), top-5, loss, balanced accuracy, per-class P/R/F1, confusion.
 
     Normalisation and input size come from the checkpoint's metadata; its classes must fit the
     dataset. --split val uses the validation split the checkpoint was selected on.
@@ -57,7 +61,12 @@ def eval_cmd(
             ctx,
             flags,
             lambda s: evaluate_checkpoint(
-                s, checkpoint, confusion=confusion, confusion_plot=confusion_plot, tasks=bars
+                s,
+                checkpoint,
+                confusion=confusion,
+                confusion_plot=confusion_plot,
+                per_class_csv_path=per_class_csv,
+                tasks=bars,
             ),
         )
     show(result, json, render.render_eval)
