@@ -160,3 +160,13 @@ def test_the_feature_cache_asks_the_augmentation_pipeline() -> None:
     x, target = TrainTransform(TrainSettings(), *stats, 32, 10)(images, labels, torch.Generator().manual_seed(3))
     expected = preprocess(random_crop_flip(images, torch.Generator().manual_seed(3), padding=4), *stats, 32)
     assert torch.equal(x, expected) and torch.equal(target, labels)
+
+
+def test_a_cifar_folder_without_its_test_batch_trains_and_says_there_is_no_test_set(cifar10_dir: Path) -> None:
+    (cifar10_dir / "cifar-10-batches-py" / "test_batch").unlink()  # a training set kept apart from its test set
+    data = load_dataset("cifar10", cifar10_dir, download=True, val_size=20, split_seed=0)  # no download tried
+    assert len(data.test) == 0 and len(data.train) + len(data.val) == 200
+    assert any("no test set" in note for note in data.notes)
+    (cifar10_dir / "cifar-10-batches-py" / "data_batch_2").unlink()
+    with pytest.raises(DataError, match="data_batch_2"):
+        load_dataset("cifar10", cifar10_dir, download=False, val_size=20, split_seed=0)

@@ -67,6 +67,15 @@ def _list_parser(item: Any, flag: str) -> Callable[[str], list[Any]]:
     return parse
 
 
+def _number_or_word(value: str) -> float | str:
+    """A setting that is a number or a word (``--lr 0.1``, ``--lr auto``): the number as a number, so
+    that an error shows it as one."""
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
 def _help(field: FieldInfo, loc: tuple[str, ...], use: Use) -> str:
     text = use.help or field.description or ""
     return f"{text} {escape('[env var: ' + option_names(loc)[1] + ']')}".strip()  # not Rich markup
@@ -102,13 +111,14 @@ def _option(use: Use) -> tuple[str, Any, Any]:
         )
         annotation = Optional[list[Any]]
     else:
-        metavar = None
+        metavar, parts = None, []
         if get_origin(kind) in (Union, types.UnionType):  # e.g. a number or "auto": pydantic parses the text
             parts = [_strip_optional(get_args(a)[0]) if get_origin(a) is Annotated else a for a in get_args(kind)]
             metavar = "|".join(
                 "|".join(map(str, get_args(p))) if get_origin(p) is Literal else p.__name__.upper() for p in parts
             )
-        option = typer.Option(*flags, metavar=metavar, **common)
+        numeric = metavar is not None and any(p in (int, float) for p in parts)
+        option = typer.Option(*flags, metavar=metavar, parser=_number_or_word if numeric else None, **common)
         annotation = Optional[kind if kind in (int, float, str, Path) or get_origin(kind) is Literal else str]
     if use.default_text is not None:
         default = None

@@ -150,13 +150,21 @@ def read_layout(name: str, folder: Path, layout: Layout, classes: tuple[str, ...
     if names is not None and tuple(names) != tuple(classes):
         raise DataError(f"{folder / layout.meta_file} names other classes than {name} has")
     x_train, y_train = _read_batches(folder, layout.train_files, layout.label_key)
-    x_test, y_test = _read_batches(folder, layout.test_files, layout.label_key)
+    notes: tuple[str, ...] = ()
+    if any(not (folder / f).is_file() for f in layout.test_files):  # a training set kept apart from its test set
+        x_test, y_test = torch.empty(0, 3, 32, 32, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+        notes = (
+            f"{folder} has no {', '.join(layout.test_files)}: there is no test set, so no test accuracy is reported",
+        )
+    else:
+        x_test, y_test = _read_batches(folder, layout.test_files, layout.label_key)
     for y, what in ((y_train, "training"), (y_test, "test")):
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes)):
             raise DataError(f"{folder}: {what} labels outside 0..{len(classes) - 1}")
     split = (request.val_size or 0, request.split_seed, request.val_split)
     train, val = split_train_val(ImageSet(x_train, y_train), *split)
-    return Data(name, tuple(classes), train, val, ImageSet(x_test, y_test), folder, name == "synthetic")
+    test = ImageSet(x_test, y_test)
+    return Data(name, tuple(classes), train, val, test, folder, name == "synthetic", notes)
 
 
 def load(request: DataRequest) -> Data:
@@ -164,7 +172,8 @@ def load(request: DataRequest) -> Data:
     name, data_dir = request.name, request.data_dir or default_data_dir()
     layout = CIFAR10_LAYOUT if name == "cifar10" else CIFAR100_LAYOUT
     folder = data_dir / layout.folder
-    if _missing(folder, layout):
+    missing = _missing(folder, layout)
+    if missing and not set(missing) <= set(layout.test_files):  # without its test batch it still trains
         if not request.download:
             raise DataError(
                 f"{name} not found in {folder}: expected {', '.join(_missing(folder, layout))}",
