@@ -174,3 +174,21 @@ def test_train_lr_auto_says_what_it_chose_and_records_it(cli) -> None:
     note = next(w for w in r["warnings"] if w.startswith("--lr auto"))
     saved = json.loads(Path("runs/auto/settings.json").read_text())["train"]["lr"]
     assert isinstance(saved, float) and f"training with {saved:.3g}" in note
+
+
+def test_bad_imbalance_input_is_one_clear_line(cli, imbalanced: Path) -> None:
+    no_val = cli(
+        "train",
+        "--dataset",
+        "synthetic",
+        *SYNTHETIC[:2],
+        "--val-size",
+        "0",
+        "--init",
+        "none",
+        "--select-by",
+        "balanced",
+    )
+    assert no_val.exit_code == 1 and "--select-by balanced needs a validation split" in no_val.err
+    small = cli("lr-find", "--dataset", "folder", "--data-dir", imbalanced, "--init", "none", "--batch-size", "400")
+    assert small.exit_code == 1 and "fewer than one batch" in small.err and not Path("lr-find.png").exists()

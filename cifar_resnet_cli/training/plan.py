@@ -30,6 +30,10 @@ def settings_for_run(
     t = settings.train
     if t.patience is not None and len(data.val) == 0:
         raise ConfigError("--patience needs a validation split to watch", "drop --patience, or set --val-size above 0")
+    if t.select_by == "balanced" and len(data.val) == 0:
+        raise ConfigError(
+            "--select-by balanced needs a validation split to score", "drop --select-by, or set --val-size above 0"
+        )
     n_batches = math.ceil(len(data.train) / (t.batch_size * t.accum_steps))
     run_steps = t.epochs * min(n_batches, t.limit_batches or n_batches)
     timer = None if device.type != "cpu" or distributed.launched_by_torchrun() else step_timer(settings, device)
