@@ -164,6 +164,7 @@ def test_lr_find_suggests_a_sane_rate_and_draws_it(cli, tmp_path: Path) -> None:
     assert 1e-5 <= r["suggested_lr"] <= 10 and 1e-7 <= r["min_loss_lr_div10"] <= 1
     assert plot.read_bytes().startswith(b"\x89PNG") and not Path("runs").exists()  # no run folder
     assert r["lrs"] == sorted(r["lrs"]) and len(r["losses"]) == r["steps"] <= 40
+    assert cli.json("lr-find", *args, "--lr", "auto", "--lr-find-steps", "10", "--plot", plot)["steps"] <= 10
     bad = cli("lr-find", *args, "--start-lr", "1", "--end-lr", "0.1")
     assert bad.exit_code == 1 and "--start-lr" in bad.err
 

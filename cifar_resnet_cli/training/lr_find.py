@@ -67,6 +67,8 @@ def lr_find(
     device = resolve_device(settings.device)
     data = data if data is not None else load_data_for(settings, tasks=tasks)
     settings = settings_for_data(settings, data)
+    if settings.train.lr == "auto":  # the test sets every rate itself; the optimiser needs a number to start
+        settings = settings.model_copy(update={"train": settings.train.model_copy(update={"lr": 1.0})})
     if len(data.train) < settings.train.batch_size:
         raise ConfigError(
             f"the training split has {len(data.train)} images, fewer than one batch of {settings.train.batch_size}",

@@ -53,12 +53,7 @@ def _learning_rate(settings: Settings, data: Data, tasks: Tasks | None) -> tuple
         )
     from .lr_find import lr_find
 
-    found = lr_find(
-        settings.model_copy(update={"train": settings.train.model_copy(update={"lr": 0.05})}),
-        data=data,
-        plot=None,
-        tasks=tasks,
-    )
+    found = lr_find(settings, data=data, plot=None, tasks=tasks)
     lr = min(found.suggested_lr, 10.0)
     note = (
         f"--lr auto: the range test ({found.steps} steps) suggests {lr:.3g} (steepest descent of the smoothed "
