@@ -3,7 +3,7 @@
 ``export --method``'s choices and their checks, ``--method all``, the file suffixes and the module
 that writes each format come from :data:`EXPORT_FORMATS`. The writer is named by path, so that
 settings and ``--help`` never import torch. A new format is one module under
-``cifar_resnet_cli/deploy/`` with ``write(job, method, model, tmp, target)`` and
+``cifar_resnet_cli/deploy/`` with ``write(job, method, model, tmp, target, metadata)`` and
 ``unavailable(dtype) -> str | None``, plus one line here (docs/design.md has a worked example).
 """
 
